@@ -1,0 +1,3 @@
+from vcomp.cli import run
+
+run()

@@ -1,0 +1,92 @@
+"""The `vcomp` command line: a thin Typer layer over `vcomp.api`.
+
+Exit codes: 0 ok, 1 internal error, 2 bad input or usage, 3 missing or invalid weights,
+4 some jobs of a batch failed, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import typer
+
+from vcomp import __version__
+
+app = typer.Typer(
+    name="vcomp",
+    help="Compositional video synthesis and editing (VideoComposer) from the command line.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vcomp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """Compositional video synthesis and editing (VideoComposer) from the command line."""
+
+
+def _register() -> None:
+    from vcomp.cli import extract
+
+    extract.register(app)
+
+
+def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: temp files are cleaned up
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turn known errors into one line and an exit code."""
+    import click
+
+    from vcomp.errors import VcompError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("VCOMP_DEBUG") == "1"
+    signal.signal(signal.SIGTERM, _terminate)
+    _register()
+    try:
+        result = app(args=argv, prog_name="vcomp", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.stderr.write("vcomp: interrupted; no partial output was written\n")
+        code = 130
+    except VcompError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"error: {exc}\n")
+        code = exc.exit_code
+    except Exception as exc:  # a bug, not a user mistake
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} "
+                         "(re-run with --debug for the traceback and please report it)\n")
+        code = 1
+    return code
+
+
+def run() -> None:
+    sys.exit(main())
