@@ -1,0 +1,143 @@
+"""Autoencoders between video pixels and the latent the UNet denoises.
+
+Both share one small interface (`VideoAutoencoder`):
+
+    encode(video [B, 3, T, H, W] in [-1, 1]) -> latent [B, C, T, H/f, W/f]   (already scaled)
+    decode(latent [B, C, T, h, w])           -> video  [B, 3, T, h*f, w*f]   (about [-1, 1])
+
+`PixelUnshuffleAutoencoder` (the embedded `tiny` preset): no parameters. Each f x f pixel block
+becomes 3 * f * f channels (`F.pixel_unshuffle`), so 64 x 64 RGB -> 48 x 16 x 16 at f = 4; decode
+is the exact inverse. The latent is the pixels themselves, in [-1, 1] (scaling_factor 1).
+
+`KLAutoencoder` (the `official` preset): Stable Diffusion 2.1's VAE as diffusers' `AutoencoderKL`,
+built from a config written here (`sd21_vae_config`), never fetched from the hub. The latent is
+`posterior.mean * 0.18215`: the published pipeline scales by 0.18215 too (it draws
+`posterior.sample()`, but only to shape the noise; vcomp encodes only for the inpainting
+"replace" trick, where the mean is the better estimate). Frames go through the VAE in chunks
+of `chunk` frames to bound memory (the published decoder uses chunks of 16).
+
+This module knows nothing about files: `vcomp.weights.sd_vae` loads the published checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+SD_SCALING_FACTOR = 0.18215
+
+
+class VideoAutoencoder(Protocol):
+    factor: int  # pixels per latent cell along each side
+    latent_channels: int
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor: ...
+
+
+def _check_video(video: torch.Tensor, channels: int, factor: int, what: str) -> None:
+    if video.ndim != 5 or video.shape[1] != channels:
+        raise ValueError(f"{what} must be [B, {channels}, T, H, W], got {list(video.shape)}")
+    if factor > 1 and (video.shape[-1] % factor or video.shape[-2] % factor):
+        raise ValueError(f"{what} height and width must be multiples of {factor}, got {list(video.shape[-2:])}")
+
+
+class PixelUnshuffleAutoencoder(nn.Module):
+    """Parameter-free latent: pixel (un)shuffle by `factor` (64^2 RGB -> 48 x 16^2 at 4)."""
+
+    def __init__(self, factor: int = 4):
+        super().__init__()
+        self.factor = factor
+        self.latent_channels = 3 * factor * factor
+        self.scaling_factor = 1.0
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        _check_video(video, 3, self.factor, "video")
+        b = video.shape[0]
+        x = F.pixel_unshuffle(rearrange(video, "b c t h w -> (b t) c h w"), self.factor)
+        return rearrange(x, "(b t) c h w -> b c t h w", b=b)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        _check_video(latent, self.latent_channels, 1, "latent")
+        b = latent.shape[0]
+        x = F.pixel_shuffle(rearrange(latent, "b c t h w -> (b t) c h w"), self.factor)
+        return rearrange(x, "(b t) c h w -> b c t h w", b=b)
+
+    def describe(self) -> dict:
+        return {"type": "pixel_unshuffle", "factor": self.factor, "latent_channels": self.latent_channels}
+
+
+def sd21_vae_config(**overrides) -> dict:
+    """diffusers `AutoencoderKL` config of the SD-2.1 VAE (LDM `ddconfig`: ch 128,
+    ch_mult (1, 2, 4, 4), 2 res-blocks, z 4; `embed_dim` 4), written out locally."""
+    config = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * 4,
+        "up_block_types": ["UpDecoderBlock2D"] * 4,
+        "block_out_channels": [128, 256, 512, 512],
+        "layers_per_block": 2,
+        "act_fn": "silu",
+        "latent_channels": 4,
+        "norm_num_groups": 32,
+        "sample_size": 512,
+        "scaling_factor": SD_SCALING_FACTOR,
+    }
+    config.update(overrides)
+    n = len(config["block_out_channels"])
+    config["down_block_types"] = ["DownEncoderBlock2D"] * n
+    config["up_block_types"] = ["UpDecoderBlock2D"] * n
+    return config
+
+
+def build_kl_vae(config: dict | None = None, device: str | torch.device = "cpu"):
+    """A randomly initialised diffusers `AutoencoderKL` (on `device`; "meta" for shapes only)."""
+    from diffusers import AutoencoderKL
+
+    with torch.device(device):
+        return AutoencoderKL(**(config or sd21_vae_config()))
+
+
+class KLAutoencoder(nn.Module):
+    """Video wrapper around a diffusers `AutoencoderKL`, frame-chunked."""
+
+    def __init__(self, vae, chunk: int = 16):
+        super().__init__()
+        self.vae = vae.eval().requires_grad_(False)
+        cfg = vae.config
+        self.factor = 2 ** (len(cfg.block_out_channels) - 1)
+        self.latent_channels = cfg.latent_channels
+        self.scaling_factor = float(cfg.scaling_factor)
+        self.chunk = chunk
+
+    def _frames(self, video: torch.Tensor, fn) -> torch.Tensor:
+        b = video.shape[0]
+        frames = rearrange(video, "b c t h w -> (b t) c h w")
+        out = torch.cat([fn(frames[i : i + self.chunk]) for i in range(0, frames.shape[0], self.chunk)])
+        return rearrange(out, "(b t) c h w -> b c t h w", b=b)
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        _check_video(video, 3, self.factor, "video")
+        dtype = self.vae.dtype
+        return self._frames(
+            video, lambda x: self.vae.encode(x.to(dtype)).latent_dist.mean * self.scaling_factor
+        )
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        _check_video(latent, self.latent_channels, 1, "latent")
+        dtype = self.vae.dtype
+        return self._frames(latent, lambda z: self.vae.decode(z.to(dtype) / self.scaling_factor).sample)
+
+    def describe(self) -> dict:
+        return {
+            "type": "AutoencoderKL",
+            "factor": self.factor,
+            "latent_channels": self.latent_channels,
+            "scaling_factor": self.scaling_factor,
+            "chunk": self.chunk,
+        }

@@ -1,0 +1,175 @@
+"""The layers of the 3D UNet. Tensors between layers are frames, `[(b f), c, h, w]`; the
+temporal layers take `batch` to unfold them into clips, `[b, c, f, h, w]`.
+
+Module and key names follow the published `unet_sd.py`, including its typo
+`ResBlock.temopral_conv`, so the official checkpoint loads without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vcomp.model.attention import BasicTransformerBlock
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding [B] -> [B, dim], cos first then sin (the published order)."""
+    half = dim // 2
+    t = t.float()
+    freqs = torch.pow(10000, -torch.arange(half, device=t.device, dtype=t.dtype).div(half))
+    args = torch.outer(t, freqs)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def zero_module(m: nn.Module) -> nn.Module:
+    for p in m.parameters():
+        nn.init.zeros_(p)
+    return m
+
+
+class TemporalConvBlock(nn.Module):
+    """Published `TemporalConvBlock_v2`: four (GroupNorm, SiLU, [Dropout], Conv3d (3,1,1))
+    stages along time, added to the input. The last conv starts at zero (an identity block).
+    Keys: conv1.{0,2}, conv{2,3,4}.{0,3}."""
+
+    def __init__(self, dim: int, groups: int = 32, dropout: float = 0.1):
+        super().__init__()
+
+        def conv(with_dropout: bool) -> nn.Sequential:
+            layers = [nn.GroupNorm(groups, dim), nn.SiLU()]
+            layers += [nn.Dropout(dropout)] if with_dropout else []
+            return nn.Sequential(*layers, nn.Conv3d(dim, dim, (3, 1, 1), padding=(1, 0, 0)))
+
+        self.conv1 = conv(False)
+        self.conv2 = conv(True)
+        self.conv3 = conv(True)
+        self.conv4 = conv(True)
+        zero_module(self.conv4[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [b, c, f, h, w] -> same"""
+        return x + self.conv4(self.conv3(self.conv2(self.conv1(x))))
+
+
+class ResBlock(nn.Module):
+    """2D residual block with the time embedding added, then a temporal conv stack.
+    Keys: in_layers.{0,2}, emb_layers.1, out_layers.{0,3}, skip_connection, temopral_conv."""
+
+    def __init__(self, in_ch, emb_dim, out_ch=None, dropout=0.0, groups=32, temporal_dropout=0.1):
+        super().__init__()
+        out_ch = out_ch or in_ch
+        self.in_layers = nn.Sequential(nn.GroupNorm(groups, in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+        self.out_layers = nn.Sequential(
+            nn.GroupNorm(groups, out_ch),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1)),
+        )
+        self.skip_connection = nn.Identity() if out_ch == in_ch else nn.Conv2d(in_ch, out_ch, 1)
+        self.temopral_conv = TemporalConvBlock(out_ch, groups, temporal_dropout)  # sic
+
+    def forward(self, x, emb, batch: int):
+        """x [(b f), c, h, w], emb [(b f), emb_dim]"""
+        h = self.in_layers(x) + self.emb_layers(emb)[..., None, None]
+        h = self.skip_connection(x) + self.out_layers(h)
+        h = rearrange(h, "(b f) c h w -> b c f h w", b=batch)
+        h = self.temopral_conv(h)
+        return rearrange(h, "b c f h w -> (b f) c h w")
+
+
+class SpatialTransformer(nn.Module):
+    """SD-2.1 transformer over the pixels of each frame, with cross-attention to the context
+    tokens (text + style). Linear proj_in/proj_out (`use_linear=True`)."""
+
+    def __init__(self, dim, heads, dim_head, context_dim, depth=1, dropout=0.0, groups=32):
+        super().__init__()
+        inner = heads * dim_head
+        self.norm = nn.GroupNorm(groups, dim, eps=1e-6)
+        self.proj_in = nn.Linear(dim, inner)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout) for _ in range(depth)
+        )
+        self.proj_out = zero_module(nn.Linear(inner, dim))
+
+    def forward(self, x, context):
+        """x [(b f), c, h, w], context [(b f), L, context_dim]"""
+        h, w = x.shape[-2:]
+        y = rearrange(self.norm(x), "n c h w -> n (h w) c")
+        y = self.proj_in(y)
+        for block in self.transformer_blocks:
+            y = block(y, context)
+        y = self.proj_out(y)
+        return x + rearrange(y, "n (h w) c -> n c h w", h=h, w=w)
+
+
+class RelativePositionBias(nn.Module):
+    """Learned per-head bias for frame distance j - i, clipped to +-max_distance (optional;
+    the published temporal transformer has none). Starts at zero."""
+
+    def __init__(self, heads: int, max_distance: int):
+        super().__init__()
+        self.max_distance = max_distance
+        self.table = nn.Embedding(2 * max_distance + 1, heads)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, frames: int) -> torch.Tensor:
+        pos = torch.arange(frames, device=self.table.weight.device)
+        rel = (pos[None, :] - pos[:, None]).clamp(-self.max_distance, self.max_distance)
+        return rearrange(self.table(rel + self.max_distance), "i j h -> h i j")
+
+
+class TemporalTransformer(nn.Module):
+    """Self-attention along time for every pixel (published `TemporalTransformer` with
+    `only_self_att=True`: both attn1 and attn2 attend over frames; context is unused).
+    GroupNorm over the whole clip, Conv1d k=1 proj_in/proj_out."""
+
+    def __init__(self, dim, heads, dim_head, depth=1, dropout=0.0, groups=32, rel_pos_max_distance=None):
+        super().__init__()
+        inner = heads * dim_head
+        self.norm = nn.GroupNorm(groups, dim, eps=1e-6)
+        self.proj_in = nn.Conv1d(dim, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, None, dropout) for _ in range(depth)
+        )
+        self.proj_out = zero_module(nn.Conv1d(inner, dim, 1))
+        self.rel_pos = RelativePositionBias(heads, rel_pos_max_distance) if rel_pos_max_distance else None
+
+    def forward(self, x, batch: int):
+        """x [(b f), c, h, w] -> same"""
+        x = rearrange(x, "(b f) c h w -> b c f h w", b=batch)
+        b, _, f, h, w = x.shape
+        y = rearrange(self.norm(x), "b c f h w -> (b h w) c f")
+        y = rearrange(self.proj_in(y), "n c f -> n f c")
+        bias = self.rel_pos(f) if self.rel_pos is not None else None
+        for block in self.transformer_blocks:
+            y = block(y, bias=bias)
+        y = self.proj_out(rearrange(y, "n f c -> n c f"))
+        x = x + rearrange(y, "(b h w) c f -> b c f h w", b=b, h=h, w=w)
+        return rearrange(x, "b c f h w -> (b f) c h w")
+
+
+class Downsample(nn.Module):
+    """3x3 conv, stride 2. Key: op"""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.op = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Nearest x2, then 3x3 conv. Key: conv"""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

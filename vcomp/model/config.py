@@ -1,0 +1,150 @@
+"""Model configurations: the published VideoComposer UNet and the embedded tiny model.
+
+Sizes are data, not code paths: both presets build the same classes (`vcomp.model.unet3d`).
+This module imports no torch, so the CLI can list presets without loading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from vcomp.errors import InputError
+
+# Spatial/temporal conditions the UNet can encode, in the order the published state_dict
+# registers their encoders, with the channel count each encoder takes.
+CONDITION_CHANNELS: dict[str, int] = {
+    "depth": 1,  # MiDaS disparity / 20, clamped to [0, 10]; larger = nearer
+    "motion": 2,  # motion vectors (x, y), pixels per frame
+    "masked": 4,  # RGB in [-1, 1] with hole pixels = 0, then a keep-mask (1 = keep, 0 = hole)
+    "sketch": 1,  # line drawing, lines = 1 on a 0 background
+    "single_sketch": 1,  # one sketch (frame 0), repeated over time
+    "local_image": 3,  # one RGB image in [0, 1] (frame 0), repeated over time
+}
+# Conditions that are one image for the whole clip; they may be passed as [B, C, H, W].
+SINGLE_FRAME_CONDITIONS = ("single_sketch", "local_image")
+# The order in which the published forward adds the encoded conditions together.
+FUSION_ORDER = ("depth", "local_image", "motion", "sketch", "single_sketch", "masked")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of `UNet3D` (VideoComposer's `UNetSD_temporal`).
+
+    Field names follow the published constructor where one exists (`in_dim`, `concat_dim`,
+    `dim_mult`, `attn_scales`, ...), so `unet_config.json` reads across directly.
+    """
+
+    name: str = "custom"
+    # latent video
+    in_dim: int = 4  # channels of the noisy latent x_t
+    out_dim: int = 4  # channels predicted (eps)
+    latent_scale: int = 8  # pixels per latent cell (the autoencoder's down-sampling factor)
+    # UNet trunk
+    dim: int = 320  # base width; the time embedding is 4 * dim
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = (1.0, 0.5, 0.25)  # resolutions (1 = full) with attention
+    head_dim: int = 64  # every transformer uses width // head_dim heads ...
+    num_heads: int = 8  # ... except the first temporal transformer: num_heads * head_dim wide
+    norm_groups: int = 32
+    dropout: float = 0.1  # ResBlock dropout
+    temporal_conv_dropout: float = 0.1  # dropout inside each ResBlock's temporal conv stack
+    attn_dropout: float = 0.0
+    # temporal attention
+    temporal_attention: bool = True
+    temporal_attn_times: int = 1  # transformer blocks per TemporalTransformer
+    temporal_rel_pos_bias: bool = False  # learned relative-position bias (not in the paper's code)
+    temporal_max_distance: int = 16  # relative distances are clipped to +-this (if enabled)
+    # text and style context (cross-attention tokens)
+    context_dim: int = 1024  # width of text tokens (OpenCLIP ViT-H-14: 1024)
+    text_len: int = 77  # tokens of the null-text embedding `zero_y`
+    style_dim: int = 1024  # width of the style-image embedding fed to pre_image_condition
+    # STC encoders (one per spatial/temporal condition)
+    conditions: tuple[str, ...] = tuple(CONDITION_CHANNELS)
+    concat_dim: int = 8  # channels of the summed condition feature map
+    stc_hidden: int = 32  # conv width of each condition encoder
+    stc_pool_size: int | None = 128  # AdaptiveAvgPool size; None = 4 x latent grid
+    stc_heads: int = 2
+    stc_dim_head: int | None = None  # None = concat_dim
+    stc_ff_mult: int = 4
+    stc_depth: int = 1
+    stc_dropout: float = 0.05
+    # training-time condition dropout (identity in eval mode)
+    misc_dropout: float = 0.5  # each condition / text / style dropped independently
+    p_all_zero: float = 0.1  # fraction of samples with every condition dropped
+    p_all_keep: float = 0.1  # fraction of samples with every condition kept
+    use_checkpoint: bool = False  # gradient checkpointing per UNet block (training only)
+    notes: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        bad = [c for c in self.conditions if c not in CONDITION_CHANNELS]
+        if bad:
+            raise ValueError(f"unknown condition(s) {bad}; known: {list(CONDITION_CHANNELS)}")
+        widths = [self.dim * m for m in self.dim_mult]
+        for w in widths:
+            if w % self.norm_groups or w % self.head_dim:
+                raise ValueError(f"width {w} must divide by norm_groups and head_dim")
+        if self.stc_pool_size is not None and self.stc_pool_size % 4:
+            raise ValueError("stc_pool_size must be a multiple of 4 (two stride-2 convs)")
+
+    @property
+    def embed_dim(self) -> int:
+        return 4 * self.dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {unknown}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+
+OFFICIAL = ModelConfig(
+    name="official",
+    use_checkpoint=True,
+    notes="VideoComposer UNetSD_temporal, non_ema_228000.pth: 1,413,435,636 parameters. "
+    "Latent 4 x 32 x 32 for 256 x 256 video (SD-2.1 VAE), conditions at 384^2 (motion 256^2).",
+)
+
+TINY = ModelConfig(
+    name="tiny",
+    in_dim=48,  # pixel-unshuffle latent: 3 RGB channels x 4 x 4 pixels per cell
+    out_dim=48,
+    latent_scale=4,
+    dim=32,
+    dim_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attn_scales=(1.0, 0.5, 0.25),
+    head_dim=32,
+    num_heads=1,
+    norm_groups=8,
+    dropout=0.0,
+    temporal_conv_dropout=0.0,
+    temporal_rel_pos_bias=True,
+    context_dim=128,
+    text_len=16,
+    style_dim=64,  # the colour-statistics style embedding (vcomp.conditions.style, colour-stats-v1)
+    stc_pool_size=None,
+    notes="Embedded model, 3,136,050 parameters: 64 x 64 px video -> 48 x 16 x 16 latent "
+    "(parameter-free pixel unshuffle, factor 4), 16 frames; widths 32/64/64 at 16/8/4 latent "
+    "cells, attention at every level; 64-d colour-statistics style.",
+)
+
+PRESETS: dict[str, ModelConfig] = {"official": OFFICIAL, "tiny": TINY}
+
+
+def get_config(name_or_config: str | ModelConfig, **overrides) -> ModelConfig:
+    """A preset by name (or a config passed through), with optional field overrides."""
+    if isinstance(name_or_config, ModelConfig):
+        cfg = name_or_config
+    else:
+        try:
+            cfg = PRESETS[name_or_config]
+        except KeyError:
+            raise InputError(f"unknown model preset {name_or_config!r}; choose one of {sorted(PRESETS)}") from None
+    return replace(cfg, **overrides) if overrides else cfg

@@ -1,0 +1,67 @@
+"""Strict state-dict loading with a message that names every mismatch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from vcomp.errors import WeightsError
+
+
+def _listing(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """None if `state_dict` has exactly the model's keys and shapes, else a one-line summary."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} (weights {list(state_dict[k].shape)} vs model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    parts = [
+        f"{len(items)} {what}: {_listing(items)}"
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        if items
+    ]
+    return "; ".join(parts) if parts else None
+
+
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "weights"
+) -> nn.Module:
+    """Load `state_dict` into `model`, requiring identical keys and shapes.
+
+    Raises `WeightsError` listing missing, unexpected and mis-shaped keys (lists truncated).
+    A model built on the meta device (`create_model(..., device="meta")`) takes the given
+    tensors as its parameters (`assign=True`), so nothing is allocated twice; its
+    non-persistent buffers (the null text `zero_y`) become zeros on the weights' device
+    until set with `UNet3D.set_null_text`.
+    """
+    problem = state_dict_mismatch(model, state_dict)
+    if problem:
+        name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
+        hint = ""
+        if any(k.startswith("module.") for k in state_dict):
+            hint = " (keys start with 'module.': strip that DataParallel prefix)"
+        elif "state_dict" in state_dict:
+            hint = " (the file wraps its weights in a 'state_dict' entry: unwrap it)"
+        raise WeightsError(
+            f"{source} do not match model {name!r}{hint}: {problem}. "
+            "Check that the weights were saved for this model preset."
+        )
+    meta = any(p.is_meta for p in model.parameters())
+    model.load_state_dict(state_dict, strict=True, assign=meta)
+    if meta:  # buffers outside the state_dict (the null text `zero_y`) are still meta: zero them
+        device = next(model.parameters()).device
+        for module in model.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None and buf.is_meta:
+                    module._buffers[name] = torch.zeros(buf.shape, dtype=buf.dtype, device=device)
+    return model
