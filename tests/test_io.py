@@ -9,8 +9,21 @@ import numpy as np
 import pytest
 
 from vcomp.errors import InputError
-from vcomp.io import (Sampling, SafetensorsWriter, VideoWriter, atomic_dir, atomic_file, contact_sheet,
-                      cover_geometry, encode_h264, parse_size, probe, read_clip, resize_cover, write_video)
+from vcomp.io import (
+    SafetensorsWriter,
+    Sampling,
+    VideoWriter,
+    atomic_dir,
+    atomic_file,
+    contact_sheet,
+    cover_geometry,
+    encode_h264,
+    parse_size,
+    probe,
+    read_clip,
+    resize_cover,
+    write_video,
+)
 
 
 def ramp_frames(n: int = 12, h: int = 48, w: int = 64) -> np.ndarray:

@@ -49,11 +49,22 @@ def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: temp files are cl
     raise KeyboardInterrupt
 
 
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Click's usage errors (Typer may vendor its own copy of click)."""
+    types = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            types.append(__import__(module, fromlist=["ClickException"]).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turn known errors into one line and an exit code."""
-    import click
-
     from vcomp.errors import VcompError
+
+    usage_errors = _usage_error_types()
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("VCOMP_DEBUG") == "1"
@@ -62,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="vcomp", standalone_mode=False)
         code = result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
+    except usage_errors as exc:
         exc.show()
         code = exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("vcomp: interrupted; no partial output was written\n")
         code = 130
     except VcompError as exc:

@@ -23,8 +23,8 @@ def interactive() -> bool:
 
 
 def log(message: str) -> None:
-    """A status line on stderr (hidden by --quiet)."""
-    if not _state["quiet"]:
+    """A status line on stderr, for a person watching (hidden without a TTY or with --quiet)."""
+    if interactive():
         err.print(message)
 
 

@@ -43,18 +43,21 @@ def _umask() -> int:
 def _friendly_os_error(exc: OSError, path: Path) -> InputError:
     if exc.errno == errno.ENOSPC:
         return InputError(f"no space left on the device while writing {path}: free some space or choose another -o path")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return InputError(f"cannot write {path}: permission denied; choose another -o path")
-    return InputError(f"cannot write {path}: {exc.strerror or exc}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR):
+        return InputError(f"cannot write {path}: {exc.strerror.lower()}; choose another -o path")
+    return InputError(f"cannot write {path}: {exc.strerror or exc}; choose another -o path")
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `path` (same suffix); rename it to `path` when the block succeeds."""
     path = check_writable_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _friendly_os_error(exc, path) from None
     tmp = Path(tmp)
     try:
         yield tmp
@@ -75,8 +78,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     An existing folder at `path` is replaced only after the new one is complete.
     """
     path = check_writable_target(path, is_dir=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    except OSError as exc:
+        raise _friendly_os_error(exc, path) from None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())

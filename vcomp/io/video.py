@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -129,8 +130,10 @@ def _open_container(path: Path):
 
 
 def _short(exc: Exception) -> str:
+    """FFmpeg's reason without errno numbers or the file name (the message names the file)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.split(": '")[0][:120]
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text.split(": '")[0])
+    return text[:120].lower()
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
