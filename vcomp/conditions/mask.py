@@ -23,32 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from vcomp.errors import InputError
+from vcomp.io.image import read_image_unchanged
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 # -- reading --------------------------------------------------------------------------------
-def read_image_unchanged(path: str | os.PathLike) -> np.ndarray:
-    """An image file as stored: `[H,W]` grey or `[H,W,C]` with C = 3 (RGB) or 4 (RGBA);
-    uint8 or uint16."""
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such image file; check the path")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise InputError(f"{path} is not a readable image; give a PNG or JPEG file")
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
-    elif image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    return image
-
-
 def to_unit_channels(image: np.ndarray) -> np.ndarray:
     """Integer image -> float32 `[H,W,C]` in [0, 1] (C = 1, 3 or 4)."""
     scale = float(np.iinfo(image.dtype).max) if np.issubdtype(image.dtype, np.integer) else 1.0

@@ -108,8 +108,9 @@ def sketch_from_grey(grey: np.ndarray) -> tuple[np.ndarray, str]:
 def load_sketch_image(path: str | os.PathLike, size: tuple[int, int]) -> tuple[np.ndarray, dict]:
     """A user's sketch image (PNG/JPEG, any size; alpha composited over white) -> (`[1,H,W]`, info)
     at `size` (W, H), scaled to cover and centre-cropped."""
-    from vcomp.conditions.mask import read_image_unchanged, to_unit_channels
+    from vcomp.conditions.mask import to_unit_channels
     from vcomp.io import resize_cover
+    from vcomp.io.image import read_image_unchanged
 
     channels = to_unit_channels(read_image_unchanged(path))
     if channels.shape[-1] == 4:  # over white paper, so transparent = paper whatever its RGB

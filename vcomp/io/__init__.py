@@ -1,7 +1,7 @@
 """Video and image I/O: the only layer (with weights/) that touches the file system."""
 
 from vcomp.io.atomic import atomic_dir, atomic_file, check_writable_target, write_json
-from vcomp.io.image import read_image
+from vcomp.io.image import read_image, read_image_unchanged
 from vcomp.io.stream import SafetensorsWriter, VideoWriter
 from vcomp.io.transform import cover_geometry, parse_size, resize_cover, resize_frames
 from vcomp.io.video import (
@@ -28,6 +28,6 @@ from vcomp.io.write import (
 __all__ = [
     "Clip", "H264Encoder", "SafetensorsWriter", "VideoWriter", "x264_options", "Sampling", "VideoInfo", "atomic_dir", "atomic_file", "check_writable_target",
     "contact_sheet", "cover_geometry", "encode_h264", "iter_frames", "output_kind", "parse_size",
-    "probe", "read_clip", "read_image", "resize_cover", "resize_frames", "write_contact_sheet", "write_gif",
+    "probe", "read_clip", "read_image", "read_image_unchanged", "resize_cover", "resize_frames", "write_contact_sheet", "write_gif",
     "write_json", "write_png", "write_png_frames", "write_video",
 ]
