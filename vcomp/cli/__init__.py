@@ -40,9 +40,11 @@ def _root(
 
 
 def _register() -> None:
-    from vcomp.cli import extract
+    from vcomp.cli import extract, models
 
     extract.register(app)
+    models.register(app)
+    from vcomp.cli import train; train.register(app)  # noqa: E702
 
 
 def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: temp files are cleaned up

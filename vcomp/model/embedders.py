@@ -1,12 +1,13 @@
 """Text (and image) encoders that turn a prompt into the UNet's cross-attention tokens.
 
 `WordTextEncoder` (embedded `tiny` preset): a word-level encoder for the procedural world's
-captions. Lower-cased words (`[a-z0-9]+`) map to ids in a fixed vocabulary; unknown words become
-`<unk>` and are reported (a `UserWarning`, and the list `encode()` returns). The sequence is
-`<bos> words... <eos> <pad>...`, `max_len` tokens (words beyond `max_len - 2` are dropped), then
-learned token + position embeddings, a few pre-norm transformer blocks (padding masked) and a
-final LayerNorm: `[B, max_len, dim]`. Like the published encoder, the null text is the encoding
-of "" (`<bos> <eos>`), not zeros.
+captions (`vcomp.train.synthetic.VOCABULARY`). Lower-cased words (`[a-z0-9]+`, hyphenated words
+such as "up-left" kept whole) map to ids in a fixed vocabulary; a hyphenated word that is not in
+it is split at the hyphens; unknown words become `<unk>` and are reported (a `UserWarning`, and
+the list `encode()` returns). The sequence is `<bos> words... <eos> <pad>...`, `max_len` tokens
+(words beyond `max_len - 2` are dropped), then learned token + position embeddings, a few
+pre-norm transformer blocks (padding masked) and a final LayerNorm: `[B, max_len, dim]`. Like
+the published encoder, the null text is the encoding of "" (`<bos> <eos>`), not zeros.
 
 `OpenCLIPEmbedder` (`official` preset): OpenCLIP ViT-H-14 built on the meta device and given a
 state dict loaded elsewhere (`vcomp.weights`); nothing is downloaded. Text: `open_clip.tokenize`
@@ -28,7 +29,7 @@ from torch import nn
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")  # "up-left" is one word (the world's directions)
 
 # Words of the procedural world's captions, used until a trained model brings its own vocabulary
 # (the embedded model's `embedded.json` stores the one it was trained with).
@@ -38,7 +39,8 @@ DEFAULT_WORDS = (
     + "circle disc disk ball square box rectangle triangle star ring diamond hexagon cross heart ellipse blob shape shapes object objects".split()
     + "small big large tiny huge little medium".split()
     + "moves moving move slides sliding slide bounces bouncing rotates rotating spins spinning grows growing shrinks shrinking falls falling rises rising drifts drifting floats floating".split()
-    + "left right up down upward downward upwards downwards diagonally toward towards away slowly quickly fast slow still static".split()
+    + "left right up down up-left up-right down-left down-right upward downward diagonally toward towards away".split()
+    + "slowly quickly fast slow still static standing circle".split()
     + "background scene sky grass sea water sand wall floor field night day sunset".split()
     + "striped stripes dotted dots checkered checkerboard textured texture plain solid gradient noisy smooth wavy".split()
     + "one two three four five".split()
@@ -104,7 +106,8 @@ class WordTextEncoder(nn.Module):
         unknown: set[str] = set()
         unk = self.index[UNK]
         for row, text in enumerate(texts):
-            words = _WORD.findall(text.lower())[: self.max_len - 2]
+            words = [part for word in _WORD.findall(text.lower())
+                     for part in ([word] if word in self.index else word.split("-"))][: self.max_len - 2]
             tokens = [self.index[BOS]]
             for w in words:
                 tokens.append(self.index.get(w, unk))

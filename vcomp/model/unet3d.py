@@ -251,11 +251,11 @@ class UNet3D(nn.Module):
 
     def _run(self, block: nn.Module, x, emb, ctx, batch):
         if self.cfg.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._apply, block, x, emb, ctx, batch, use_reentrant=False)
-        return self._apply(block, x, emb, ctx, batch)
+            return checkpoint(self._apply_block, block, x, emb, ctx, batch, use_reentrant=False)
+        return self._apply_block(block, x, emb, ctx, batch)
 
-    @staticmethod
-    def _apply(block: nn.Module, x, emb, ctx, batch):
+    @staticmethod  # not named `_apply`: that would shadow nn.Module._apply, which .to()/.half() use
+    def _apply_block(block: nn.Module, x, emb, ctx, batch):
         for layer in block if isinstance(block, nn.ModuleList) else [block]:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb, batch)

@@ -1,0 +1,56 @@
+"""`vcomp models`: which model files are found, where, how big, and what vcomp will use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vcomp.cli import console
+
+EPILOG = """
+Examples:\n
+  vcomp models\n
+  vcomp models --weights /data/model_weights --json
+"""
+
+
+def models(
+    weights: Path = typer.Option(None, "--weights", help="Folder with the published weight files. Default: $VCOMP_HOME or ~/.cache/vcomp."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """List the model files vcomp looks for: found or missing, path, size, and which preset and
+    extractors will be used. Never downloads anything; safe to run with no weights at all."""
+    from vcomp.weights import format_size, inventory
+
+    report = inventory(weights)
+    if json_out:
+        console.print_json(report)
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(highlight=False, soft_wrap=True)
+    home = report["weights_dir"]
+    where = home + ("" if report["weights_dir_exists"] else " (does not exist yet)")
+    any_found = any(f["found"] for f in report["files"])
+    table = Table(title=f"Model files in {where}", title_justify="left")
+    for column in ("file", "status", "size", "used for") + (("path",) if any_found else ()):
+        table.add_column(column, overflow="fold")
+    for f in report["files"]:
+        status = "[green]found[/]" if f["found"] else "[yellow]missing[/]"
+        row = [f["file"], status, format_size(f["size"]), f["used_for"]]
+        table.add_row(*row, *((f["path"] or "-",) if any_found else ()))
+    out.print(table)
+    if not all(f["found"] for f in report["files"] if f["key"] != "embedded"):
+        out.print(f"Missing files go in {home} (or {home}/model_weights); nothing is downloaded.")
+    gen = report["generator"]
+    preset = gen["preset"] or "[red]none[/]"
+    out.print(f"generator: [bold]{preset}[/] - {gen['reason']}")
+    for name, extractor in report["extractors"].items():
+        out.print(f"{name} extractor: {extractor}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models", epilog=EPILOG)(models)

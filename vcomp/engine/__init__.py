@@ -1,0 +1,20 @@
+"""vcomp.engine: DDIM sampling with compositional guidance (tensors in, tensors out)."""
+
+from vcomp.engine.sampling import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    SCHEDULER_CONFIG,
+    Branch,
+    KnownRegion,
+    denoise,
+    get_noise,
+    get_scheduler,
+    guided_eps,
+    make_eps_fn,
+    stack_branches,
+)
+
+__all__ = [
+    "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "SCHEDULER_CONFIG", "Branch", "KnownRegion", "denoise", "get_noise",
+    "get_scheduler", "guided_eps", "make_eps_fn", "stack_branches",
+]

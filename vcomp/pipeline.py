@@ -1,0 +1,316 @@
+"""The generation pipeline: weights -> model -> engine, built once, then `generate` many times.
+
+    >>> from vcomp.pipeline import Pipeline
+    >>> pipe = Pipeline.load()                                  # official if its files are found, else embedded
+    >>> result = pipe.generate(conditions, "a red ball moves right", seed=1)
+    >>> result.frames.shape, result.frames.dtype                # (16, 64, 64, 3) uint8 for the tiny model
+    >>> result.info["timings"]
+
+`Pipeline.load` picks the preset (`vcomp.weights.resolve_preset`): "official" when
+non_ema_228000.pth, the SD-2.1 VAE and OpenCLIP ViT-H-14 are all found in the weights folder,
+else "tiny" (the embedded model in vcomp/assets; a randomly initialised one only with
+`allow_random=True` or VCOMP_ALLOW_RANDOM=1, for tests). A preset asked for by name whose files
+are missing is a `WeightsError` naming the file and where to put it.
+
+`generate` turns the ConditionSet into model inputs with the preset's adapter
+(`vcomp.model.adapters`), encodes text and conditions once, and runs DDIM with compositional
+guidance (`vcomp.engine`): the conditional branch has everything given; the unconditional branch
+replaces the guided parts -- text by the encoding of `negative_prompt` (default ""), style by a
+zero vector, a spatial/temporal condition by its absence. The two branches run as one batch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vcomp.conditions.condition_set import ConditionSet
+from vcomp.errors import InputError, WeightsError
+
+GUIDABLE = ("text", "style", "motion", "depth", "sketch", "mask", "image", "single_sketch")
+KEEP_KNOWN = ("none", "latent", "pixels", "both")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    info: dict = field(default_factory=dict)  # seed, steps, guidance, timings, model, weights, ...
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.frames.shape), **self.info}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype, device: torch.device) -> tuple[torch.dtype | None, str | None]:
+    """(autocast dtype or None for fp32, note). fp16 by default on CUDA, fp32 elsewhere."""
+    if isinstance(dtype, str):
+        if dtype.lower() not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16")
+        dtype = DTYPES[dtype.lower()]
+    if device.type != "cuda":
+        note = None if dtype in (None, torch.float32) else f"{dtype} autocast is CUDA-only; running fp32 on {device}"
+        return None, note
+    if dtype is None:
+        return torch.float16, None
+    return (None if dtype == torch.float32 else dtype), None
+
+
+def _parse_guide(guide) -> list[str]:
+    if isinstance(guide, str):
+        guide = [g for g in guide.replace(" ", ",").split(",") if g]
+    names = [str(g).strip().lower().replace("-", "_") for g in guide]
+    aliases = {"y": "text", "prompt": "text", "masked": "mask", "local_image": "image"}
+    names = [aliases.get(n, n) for n in names]
+    bad = [n for n in names if n not in GUIDABLE]
+    if bad:
+        raise InputError(f"cannot guide {bad[0]!r}; choose from {', '.join(GUIDABLE)}")
+    return [n for n in GUIDABLE if n in names]
+
+
+class Pipeline:
+    """A loaded generator: UNet + autoencoder + text encoder + condition adapter on one device."""
+
+    def __init__(self, unet, autoencoder, text_encoder, adapter, *, preset: str, device: torch.device | str = "cpu",
+                 autocast_dtype: torch.dtype | None = None, weights: dict | None = None,
+                 size: tuple[int, int] = (64, 64), num_frames: int = 16, notes: Sequence[str] = ()):
+        self.unet = unet.eval()
+        self.autoencoder = autoencoder
+        self.text_encoder = text_encoder.eval() if hasattr(text_encoder, "eval") else text_encoder
+        self.adapter = adapter
+        self.preset = preset
+        self.device = torch.device(device)
+        self.autocast_dtype = autocast_dtype
+        self.weights = dict(weights or {})
+        self.default_size = tuple(size)
+        self.default_frames = num_frames
+        self.notes = list(notes)
+        with torch.inference_mode(), self._autocast():
+            null, _ = self.encode_text([""])
+        self.unet.set_null_text(null.float())
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def load(cls, weights_dir: str | os.PathLike | None = None, device: str | torch.device = "auto",
+             preset: str | None = None, dtype=None, *, allow_random: bool | None = None,
+             assets: str | os.PathLike | None = None, attention_chunk: int | None = None,
+             vae_chunk: int = 16, seed: int = 0) -> Pipeline:
+        """Find and load the weights of `preset` (None = best available) onto `device`.
+
+        dtype: None (fp16 autocast on CUDA, fp32 on CPU), "fp32", "fp16" or "bf16".
+        attention_chunk: split attention into batch chunks (lower peak memory; global setting).
+        vae_chunk: frames per VAE decode call.
+        """
+        from vcomp.model.attention import set_attention_chunk_size
+        from vcomp.weights import files
+
+        dev = resolve_device(device)
+        autocast_dtype, note = resolve_dtype(dtype, dev)
+        notes = [note] if note else []
+        if allow_random is None:
+            allow_random = files.allow_random_from_env()
+        if preset is None:
+            preset, reason = files.resolve_preset(weights_dir, assets, allow_random)
+            if preset is None:
+                raise WeightsError(reason + "; see `vcomp models`")
+        preset = {"embedded": "tiny"}.get(preset, preset)
+        set_attention_chunk_size(attention_chunk)
+        if preset == "official":
+            return cls._load_official(weights_dir, dev, autocast_dtype, vae_chunk, notes)
+        if preset == "tiny":
+            return cls._load_embedded(assets, dev, autocast_dtype, allow_random, seed, notes)
+        raise InputError(f"unknown preset {preset!r}; choose official or tiny (embedded)")
+
+    @classmethod
+    def _load_official(cls, weights_dir, device, autocast_dtype, vae_chunk, notes) -> Pipeline:
+        from vcomp.model.adapters import OfficialAdapter
+        from vcomp.weights import files
+        from vcomp.weights.official import load_official_unet, load_openclip
+        from vcomp.weights.sd_vae import load_sd_vae
+
+        paths = {key: files.require(key, weights_dir) for key in files.OFFICIAL_KEYS}
+        unet = load_official_unet(paths["unet"], device)
+        vae = load_sd_vae(paths["vae"], device, chunk=vae_chunk)
+        clip = load_openclip(paths["clip"], towers=("text",), device=device)
+        return cls(unet, vae, clip, OfficialAdapter(), preset="official", device=device,
+                   autocast_dtype=autocast_dtype, weights={k: str(p) for k, p in paths.items()},
+                   size=(256, 256), num_frames=16, notes=notes)
+
+    @classmethod
+    def _load_embedded(cls, assets, device, autocast_dtype, allow_random, seed, notes) -> Pipeline:
+        from vcomp.model.adapters import TinyAdapter
+        from vcomp.weights import files
+        from vcomp.weights.embedded import load_embedded, random_embedded
+
+        if files.embedded_available(assets):
+            emb = load_embedded(assets, device)
+        elif allow_random:
+            emb = random_embedded(seed)
+            notes = notes + ["randomly initialised tiny model: the output is noise (tests only)"]
+        else:
+            load_embedded(assets)  # raises the WeightsError that says what is missing
+            raise AssertionError("unreachable")
+        size = 16 * emb.unet.cfg.latent_scale
+        return cls(emb.unet.to(device), emb.autoencoder, emb.text_encoder.to(device),
+                   TinyAdapter(style_dim=emb.unet.cfg.style_dim), preset="tiny", device=device,
+                   autocast_dtype=autocast_dtype, weights={"embedded": emb.source}, size=(size, size),
+                   num_frames=16, notes=notes)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _autocast(self):
+        import contextlib
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def encode_text(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+        """Prompt(s) -> (tokens [B, L, context_dim] float32 on the device, unknown words)."""
+        if hasattr(self.text_encoder, "encode_text"):
+            tokens, unknown = self.text_encoder.encode_text(list(texts)), []
+        else:
+            tokens, unknown = self.text_encoder.encode(list(texts))
+        return tokens.float().to(self.device), unknown
+
+    def describe(self) -> dict:
+        cfg = self.unet.cfg
+        return {"preset": self.preset, "device": str(self.device),
+                "dtype": str(self.autocast_dtype or torch.float32).replace("torch.", ""),
+                "latent": [self.autoencoder.latent_channels, self.autoencoder.factor],
+                "size": list(self.default_size), "num_frames": self.default_frames,
+                "unet": {"name": cfg.name, "in_dim": cfg.in_dim, "context_dim": cfg.context_dim,
+                         "style_dim": cfg.style_dim}, "weights": self.weights}
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, conditions: ConditionSet | None, prompt: str = "", *, negative_prompt: str = "",
+                 steps: int = 50, guidance: float = 9.0, guide: Sequence[str] | str | None = None,
+                 eta: float = 0.0, seed: int = 0, num_frames: int | None = None,
+                 size: tuple[int, int] | None = None, source_frames: np.ndarray | None = None,
+                 keep_known: str = "both", progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+        """Generate one video.
+
+        guide: what the unconditional branch drops (names from GUIDABLE). None = the published
+            behaviour: "text", plus "style" when a style is given.
+        num_frames: default = the conditions' frame count, else 16. size: (W, H), default the
+            preset's (64 x 64 tiny, 256 x 256 official).
+        source_frames: RGB uint8 [T, H, W, 3] of the source video, needed with a mask (inpainting).
+        keep_known (inpainting): "latent" = replace the kept region of x_t every step, "pixels" =
+            paste the source outside the mask after decoding, "both" (default) or "none".
+        progress: `progress(done, total)` after every DDIM step.
+        """
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        conditions = conditions if conditions is not None else ConditionSet()
+        if keep_known not in KEEP_KNOWN:
+            raise InputError(f"keep_known must be one of {', '.join(KEEP_KNOWN)}, got {keep_known!r}")
+        if not 1 <= int(steps) <= 1000:
+            raise InputError(f"steps must be in 1..1000, got {steps}")
+        if eta < 0:
+            raise InputError(f"eta must be >= 0, got {eta}")
+        if guide is None:
+            guide = ["text"] + (["style"] if conditions.style is not None else [])
+        guided = _parse_guide(guide)
+        frames = int(num_frames or conditions.num_frames or self.default_frames)
+        width, height = size or self.default_size
+        ae, unet = self.autoencoder, self.unet
+        cell = ae.factor * 2 ** (len(unet.cfg.dim_mult) - 1)
+        if width % cell or height % cell or frames < 1:
+            raise InputError(f"size {width}x{height} must be a multiple of {cell} pixels for the {self.preset} model")
+        h, w = height // ae.factor, width // ae.factor
+
+        inputs = self.adapter.prepare(conditions, frames, (width, height), source_frames)
+        from vcomp.model.adapters import MODEL_NAMES
+
+        for name in guided:
+            present = (name == "text" or (name == "style" and inputs.style is not None)
+                       or MODEL_NAMES.get(name) in inputs.conditions)
+            if not present:
+                raise InputError(f"cannot guide {name!r}: it is not among the given conditions "
+                                 f"({', '.join(conditions.present()) or 'none'})")
+        dropped = {MODEL_NAMES[n] for n in guided if n in MODEL_NAMES}
+        timings["prepare"] = time.perf_counter() - start
+
+        from vcomp.engine import Branch, KnownRegion, denoise, get_noise, get_scheduler, make_eps_fn
+
+        dev = self.device
+        with torch.inference_mode(), self._autocast():
+            t0 = time.perf_counter()
+            tokens, unknown = self.encode_text([prompt, negative_prompt])
+            context_c = tokens[:1]
+            context_u = tokens[1:] if "text" in guided else context_c
+            timings["text"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            style_c = inputs.style.to(dev) if inputs.style is not None else None
+            style_u = torch.zeros_like(style_c) if (style_c is not None and "style" in guided) else style_c
+            # each condition is encoded once: uncond = the kept ones, cond = kept + guided (a sum)
+            conds = {k: v.to(dev) for k, v in inputs.conditions.items()}
+            kept = {k: v for k, v in conds.items() if k not in dropped}
+            guided_conds = {k: v for k, v in conds.items() if k in dropped}
+            feats_u = unet.encode_conditions(kept, 1, frames, (h, w)).float() if kept else None
+            feats_g = unet.encode_conditions(guided_conds, 1, frames, (h, w)).float() if guided_conds else None
+            feats_c = feats_g if feats_u is None else (feats_u if feats_g is None else feats_u + feats_g)
+            timings["conditions"] = time.perf_counter() - t0
+
+        with torch.inference_mode():
+            cond = Branch(context_c, style_c, feats_c)
+            uncond = Branch(context_u, style_u, feats_u) if float(guidance) != 1.0 else None
+            eps_fn = make_eps_fn(unet, cond, uncond, float(guidance), self.autocast_dtype)
+            noise = get_noise((1, ae.latent_channels, frames, h, w), seed, dev)
+            scheduler = get_scheduler(int(steps), device=dev)
+            known = hole = source = None
+            if inputs.known is not None and keep_known != "none":
+                source, hole = inputs.known.to(dev), inputs.hole.to(dev)
+                if keep_known in ("latent", "both"):
+                    with self._autocast():
+                        known_latent = ae.encode(source).float()
+                    hole_latent = torch.nn.functional.adaptive_max_pool3d(hole, (frames, h, w))
+                    known = KnownRegion(known_latent, 1.0 - hole_latent, noise)
+            generator = torch.Generator("cpu").manual_seed(int(seed) + 1) if eta > 0 else None
+            t0 = time.perf_counter()
+            latent = denoise(eps_fn, noise, scheduler, eta=float(eta), generator=generator, known=known,
+                             callback=progress)
+            timings["sampling"] = time.perf_counter() - t0
+            timings["per_step"] = timings["sampling"] / int(steps)
+
+            t0 = time.perf_counter()
+            with self._autocast():
+                video = ae.decode(latent).float()
+            if hole is not None and keep_known in ("pixels", "both"):
+                video = hole * video + (1.0 - hole) * source
+            out = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            frames_out = out.permute(1, 2, 3, 0).cpu().numpy()  # [T, H, W, 3]
+            timings["decode"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - start
+
+        info = {
+            "model": self.preset, "weights": self.weights, "device": str(dev),
+            "dtype": str(self.autocast_dtype or torch.float32).replace("torch.", ""),
+            "seed": int(seed), "steps": int(steps), "guidance": float(guidance), "guide": guided, "eta": float(eta),
+            "num_frames": frames, "size": [width, height], "prompt": prompt, "negative_prompt": negative_prompt,
+            "conditions": conditions.present(), "model_conditions": sorted(inputs.conditions),
+            "keep_known": keep_known if inputs.known is not None else None,
+            "unknown_words": unknown, "notes": self.notes + inputs.notes,
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+        }
+        return GenerationResult(frames_out, info)

@@ -1,0 +1,140 @@
+"""The embedded model: `embedded.safetensors` (tensors) + `embedded.json` (everything else).
+
+    embedded.json = {
+      "format": "vcomp-embedded-v1",
+      "model": ModelConfig.to_dict(),                       # the UNet preset ("tiny"), as data
+      "text_encoder": {"vocab": [...], "dim", "max_len", "depth", "heads"},
+      "autoencoder": {"type": "pixel_unshuffle", "factor": 4},
+      "style": {"extractor": "colour-stats-v1", "dim": 64},
+      "training": {...}                                     # free-form record written by the trainer
+    }
+    embedded.safetensors = {"unet.<key>": ..., "text.<key>": ...}
+
+`save_embedded` is what the trainer calls; `load_embedded` is what the pipeline calls.
+`random_embedded` builds the same parts randomly initialised (tests, or VCOMP_ALLOW_RANDOM=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vcomp.errors import WeightsError
+from vcomp.weights.files import embedded_paths
+
+FORMAT = "vcomp-embedded-v1"
+
+
+@dataclass
+class EmbeddedModel:
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    autoencoder: torch.nn.Module
+    record: dict = field(default_factory=dict)  # embedded.json minus the tensors
+    source: str = "random"  # path of the safetensors file, or "random"
+
+
+def _autoencoder(spec: dict):
+    from vcomp.model.autoencoder import PixelUnshuffleAutoencoder
+
+    if spec.get("type") != "pixel_unshuffle":
+        raise WeightsError(f"embedded model: unsupported autoencoder {spec!r}")
+    return PixelUnshuffleAutoencoder(int(spec.get("factor", 4)))
+
+
+def random_embedded(seed: int = 0, vocab=None, preset: str = "tiny") -> EmbeddedModel:
+    """A randomly initialised tiny model (not trained: its videos are noise). Its zero-initialised
+    layers get small random weights, so its output depends on every input (useful for tests)."""
+    from vcomp.model import create_model, get_config
+    from vcomp.model.embedders import WordTextEncoder, build_vocab
+
+    if vocab is None:  # the procedural world's words, which the embedded model is trained on
+        from vcomp.train.synthetic import VOCABULARY
+
+        vocab = build_vocab(words=VOCABULARY)
+    cfg = get_config(preset)
+    with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG state
+        torch.manual_seed(seed)
+        unet = create_model(cfg).eval()
+        with torch.no_grad():  # zero-initialised output layers would make eps = 0 whatever the inputs
+            for p in unet.parameters():
+                if p.ndim > 1 and not p.any():
+                    p.normal_(0.0, 0.02)
+        text = WordTextEncoder(vocab, dim=cfg.context_dim, max_len=cfg.text_len).eval()
+    ae_spec = {"type": "pixel_unshuffle", "factor": cfg.latent_scale}
+    record = {"format": FORMAT, "model": cfg.to_dict(), "text_encoder": {"vocab": text.vocab, **text.config()},
+              "autoencoder": ae_spec, "style": {"extractor": "colour-stats-v1", "dim": cfg.style_dim},
+              "training": {"note": "random initialisation, not trained"}}
+    return EmbeddedModel(unet, text, _autoencoder(ae_spec), record, "random")
+
+
+def save_embedded(folder: str | os.PathLike, unet, text_encoder, training: dict | None = None,
+                  autoencoder: dict | None = None, style: dict | None = None) -> tuple[Path, Path]:
+    """Write `embedded.safetensors` + `embedded.json` into `folder` (atomically, each)."""
+    from safetensors.torch import save_file
+
+    from vcomp.io import atomic_file, write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights_path, config_path = embedded_paths(folder)
+    cfg = unet.cfg
+    tensors = {f"unet.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
+    tensors.update({f"text.{k}": v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()})
+    record = {
+        "format": FORMAT,
+        "model": cfg.to_dict(),
+        "text_encoder": {"vocab": list(text_encoder.vocab), **text_encoder.config()},
+        "autoencoder": autoencoder or {"type": "pixel_unshuffle", "factor": cfg.latent_scale},
+        "style": style or {"extractor": "colour-stats-v1", "dim": cfg.style_dim},
+        "training": training or {},
+    }
+    with atomic_file(weights_path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    write_json(config_path, record)
+    return weights_path, config_path
+
+
+def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> EmbeddedModel:
+    """The embedded model from `folder` (default: the package's assets)."""
+    from vcomp.model import create_model
+    from vcomp.model.config import ModelConfig
+    from vcomp.model.embedders import WordTextEncoder
+    from vcomp.model.loading import load_state_dict_strict
+    from vcomp.weights.safe_load import load_state_dict
+
+    weights_path, config_path = embedded_paths(folder)
+    if not (weights_path.is_file() and config_path.is_file()):
+        raise WeightsError(
+            f"the embedded model is not in this installation ({weights_path} / {config_path.name} missing). "
+            "Put the official weights in $VCOMP_HOME (see `vcomp models`), or, for tests only, set "
+            "VCOMP_ALLOW_RANDOM=1 to use a randomly initialised tiny model"
+        )
+    try:
+        record = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{config_path} is not valid JSON ({exc}); reinstall vcomp") from None
+    if record.get("format") != FORMAT:
+        raise WeightsError(f"{config_path}: unknown format {record.get('format')!r}, expected {FORMAT!r}")
+    try:
+        cfg = ModelConfig.from_dict(record["model"])
+        text_spec = dict(record["text_encoder"])
+        vocab = text_spec.pop("vocab")
+        text = WordTextEncoder(vocab, **text_spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"{config_path}: bad model description ({exc})") from None
+    sd = load_state_dict(weights_path, what="embedded model")
+    unet = load_state_dict_strict(create_model(cfg, device="meta"),
+                                  {k[5:]: v for k, v in sd.items() if k.startswith("unet.")},
+                                  source=f"UNet weights in {weights_path}")
+    load_state_dict_strict(text, {k[5:]: v for k, v in sd.items() if k.startswith("text.")},
+                           source=f"text-encoder weights in {weights_path}")
+    extra = sorted(k for k in sd if not k.startswith(("unet.", "text.")))
+    if extra:
+        raise WeightsError(f"{weights_path}: unexpected tensors {extra[:5]}")
+    return EmbeddedModel(unet.to(device).eval(), text.to(device).eval(), _autoencoder(record["autoencoder"]),
+                         record, str(weights_path))
