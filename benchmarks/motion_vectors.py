@@ -1,0 +1,161 @@
+"""Benchmark: motion vectors from H.264 side data vs plain decoding vs OpenCV Farneback flow.
+
+    .venv/bin/python benchmarks/motion_vectors.py [--frames 90] [--repeat 5] [--sizes 256x256,1280x720]
+
+For each size a synthetic clip (a random-noise texture panning (+2, +1) px/frame, tests/clips.py)
+is encoded with libx264 crf 23, preset medium, bf=0 refs=1 (every vector spans one frame: vcomp
+reads it directly) and with x264 defaults (B-frames, 3 references: vcomp re-encodes). Rows, per
+frame:
+
+    (a)  PyAV decode only (thread_type AUTO, no pixel conversion)
+    (a2) decode with flags2=+export_mvs and the side data read (MotionVectors.to_ndarray)
+    (b)  vcomp.conditions.motion.iter_motion: probe, SPS check, decode, dense [2,H,W] field
+    (b') the same, cell grids only (MotionReader.iter_grids, no dense field)
+    (c)  OpenCV Farneback on consecutive grayscale pairs (decode + cvtColor included)
+    (d)  iter_motion on the x264-defaults clip (in-memory bf=0/refs=1 re-encode), native size
+    (d') the same with size=256x256 (frames are cover-resized before the re-encode)
+
+Each row is timed `--repeat` times, interleaved; the median and the minimum are shown, and the
+speed ratios (frames/s) are computed from both (the minimum is the better estimate on a machine
+other jobs share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests import clips  # noqa: E402
+from vcomp.conditions import motion as M  # noqa: E402
+
+
+def decode_only(path) -> int:
+    import av
+
+    n = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for _ in container.decode(stream):
+            n += 1
+    return n
+
+
+def decode_vectors(path) -> int:
+    import av
+
+    n = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        for frame in container.decode(stream):
+            sd = frame.side_data.get("MOTION_VECTORS")
+            if sd is not None:
+                sd.to_ndarray()
+            n += 1
+    return n
+
+
+def vcomp_fields(path, size=None) -> int:
+    return sum(1 for _ in M.iter_motion(path, size))
+
+
+def vcomp_grids(path) -> int:
+    return sum(1 for _ in M.MotionReader(path).iter_grids())
+
+
+def farneback(path, pairs: int) -> int:
+    import av
+    import cv2
+
+    previous, n = None, 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            gray = cv2.cvtColor(frame.to_ndarray(format="rgb24"), cv2.COLOR_RGB2GRAY)
+            if previous is not None:
+                cv2.calcOpticalFlowFarneback(previous, gray, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+                n += 1
+                if n >= pairs:
+                    break
+            previous = gray
+    return n
+
+
+def timed(fn, *args) -> float:
+    """Seconds per frame of one run."""
+    start = time.perf_counter()
+    n = fn(*args)
+    return (time.perf_counter() - start) / max(n, 1)
+
+
+ONE_REF = {"bf": "0", "refs": "1", "crf": "23"}  # x264's default crf and preset (medium)
+DEFAULTS = {"crf": "23"}
+
+
+def make_clips(folder: Path, size: tuple[int, int], frames: int) -> tuple[Path, Path]:
+    one = clips.encode(clips.pan_frames(frames, size, (2, 1)), folder / f"one_{size[0]}.mp4", ONE_REF)
+    default = clips.encode(clips.pan_frames(frames, size, (2, 1)), folder / f"def_{size[0]}.mp4", DEFAULTS)
+    return one, default
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=90)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sizes", default="256x256,1280x720")
+    parser.add_argument("--farneback-pairs", type=int, default=20)
+    args = parser.parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+
+    import av
+    import cv2
+
+    print(f"av {av.__version__}, numpy {np.__version__}, opencv {cv2.__version__} "
+          f"(threads {cv2.getNumThreads()}), {args.frames} frames, median of {args.repeat} runs")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            one, default = make_clips(Path(tmp), size, args.frames)
+            reader = M.MotionReader(one)
+            assert reader.method == "direct", reader.reason
+            assert M.MotionReader(default).method == "reencode"
+            rows = {
+                "(a)  decode only": (decode_only, one),
+                "(a2) decode + export_mvs + to_ndarray": (decode_vectors, one),
+                "(b)  vcomp iter_motion, dense field": (vcomp_fields, one),
+                "(b') vcomp cell grids only": (vcomp_grids, one),
+                "(c)  Farneback (gray pairs)": (farneback, one, args.farneback_pairs),
+                "(d)  vcomp, x264-default clip (re-encode)": (vcomp_fields, default),
+            }
+            if size != (256, 256):
+                rows["(d') same, size=256x256"] = (vcomp_fields, default, (256, 256))
+            samples: dict[str, list[float]] = {name: [] for name in rows}
+            for _ in range(args.repeat):
+                for name, (fn, *fn_args) in rows.items():
+                    samples[name].append(timed(fn, *fn_args))
+            ms = {name: statistics.median(v) * 1e3 for name, v in samples.items()}
+            best = {name: min(v) * 1e3 for name, v in samples.items()}
+            print(f"\n{size[0]}x{size[1]}  ({args.frames} frames, bf=0 refs=1 clip "
+                  f"{one.stat().st_size // 1024} KiB; x264-default clip {default.stat().st_size // 1024} KiB)")
+            print(f"  {'path':44s} {'ms/frame':>9s} {'frames/s':>9s} {'min ms':>8s}")
+            for name in rows:
+                print(f"  {name:44s} {ms[name]:9.3f} {1e3 / ms[name]:9.1f} {min(samples[name]) * 1e3:8.3f}")
+            for label, t in (("median", ms), ("min", best)):
+                a, a2, b, grids, c = (t[name] for name in list(rows)[:5])
+                print(f"  speed ratios ({label:6s}): b/a2 = {a2 / b:.2f} (target >= 0.9), b/a = {a / b:.2f} "
+                      f"(>= 0.75), b/c = {c / b:.0f}x (>= 30x); dense fill {b - grids:+.3f} ms/frame")
+
+
+if __name__ == "__main__":
+    main()
