@@ -209,6 +209,7 @@ def extract(
             "vcomp_version": __version__,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "source": info.to_dict(),
+            "source_size": [info.width, info.height],
             "fps": fps,
             "size": [out_w, out_h],
             "frame_indices": indices,

@@ -40,11 +40,12 @@ def _root(
 
 
 def _register() -> None:
-    from vcomp.cli import extract, models
+    from vcomp.cli import extract, generate, models, train
 
     extract.register(app)
+    generate.register(app)
     models.register(app)
-    from vcomp.cli import train; train.register(app)  # noqa: E702
+    train.register(app)
 
 
 def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: temp files are cleaned up

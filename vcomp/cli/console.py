@@ -57,3 +57,13 @@ def progress(description: str) -> Iterator[Callable[[int, int | None], None]]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def warn(message: str) -> None:
+    """A warning on stderr: shown without a TTY too, hidden only by --quiet."""
+    if not _state["quiet"]:
+        err.print(f"[yellow]warning:[/] {message}")
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
