@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +91,7 @@ def _record(command: str, prompt: str, recipe: Recipe, options: GenerateOptions,
         "vcomp_version": __version__,
         "command": command,
         "argv": sys.argv[1:],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "prompt": prompt,
         "inputs": recipe.inputs,
         "options": asdict(options),
