@@ -5,6 +5,8 @@ Each parses its arguments, loads the pipeline once and calls `vcomp.commands`; n
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 
 import typer
@@ -32,13 +34,13 @@ IMAGE = typer.Option(None, "--image", help="Appearance image (first frame / loca
 STYLE = typer.Option(None, "--style", help="Style image: its look (colours) guides the video.")
 
 
-def _pipeline(weights, device):
-    """Load the pipeline (official if its weights are found, else the embedded model)."""
-    from vcomp import api
-
-    with console.progress("loading model") as update:
-        update(0, None)
-        return api.load_pipeline(weights=weights, device=device)
+# name, type, option: appended to every generating command's own parameters
+COMMON = (
+    ("output", Path, OUTPUT), ("conditions", Path, CONDITIONS), ("seed", int, SEED), ("steps", int, STEPS),
+    ("guidance", float, GUIDANCE), ("guide", str, GUIDE), ("eta", float, ETA), ("negative_prompt", str, NEGATIVE),
+    ("frames", int, FRAMES), ("size", str, SIZE), ("fps", float, FPS), ("device", str, DEVICE),
+    ("weights", Path, WEIGHTS), ("preview", bool, PREVIEW), ("json_out", bool, JSON), ("quiet", bool, QUIET),
+)
 
 
 def _finish(record: dict, json_out: bool) -> None:
@@ -57,103 +59,100 @@ def _finish(record: dict, json_out: bool) -> None:
             typer.echo(r["outputs"]["video"])
 
 
-def _sampling(seed, steps, guidance, guide, eta, negative_prompt, preview) -> dict:
-    return {"seed": seed, "steps": steps, "guidance": guidance, "guide": guide, "eta": eta,
-            "negative_prompt": negative_prompt, "preview": preview}
-
-
-def _run(name: str, json_out: bool, quiet: bool, weights, device, **kwargs) -> None:
+def _run(name: str, *, json_out: bool, quiet: bool, weights, device, output, **kwargs) -> None:
+    """Load the pipeline once and run the command (official weights if found, else embedded)."""
+    from vcomp import api
     from vcomp.commands import COMMANDS
 
     console.set_quiet(quiet)
-    pipeline = _pipeline(weights, device)
-    with console.progress(f"{name}") as update:
-        record = COMMANDS[name](pipeline, weights=weights, progress=update, **kwargs)
+    with console.progress("loading model") as update:
+        update(0, None)
+        pipeline = api.load_pipeline(weights=weights, device=device)
+    with console.progress(name) as update:
+        record = COMMANDS[name](pipeline, output=output or Path(f"{name}.mp4"), weights=weights,
+                                progress=update, **kwargs)
     _finish(record, json_out)
 
 
+def generating_command(name: str, skip: tuple[str, ...] = ()):
+    """Turn a function declaring a command's own arguments (and returning them as a dict) into the
+    Typer command with the shared options of COMMON appended (except `skip`)."""
+
+    def decorate(own):
+        signature = inspect.signature(own, eval_str=True)
+        shared = [(n, t, o) for n, t, o in COMMON if n not in skip]
+        parameters = list(signature.parameters.values()) + [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for n, t, o in shared]
+
+        @functools.wraps(own)
+        def command(**kwargs):
+            common = {n: kwargs.pop(n) for n, _, _ in shared}
+            _run(name, **own(**kwargs), **common)
+
+        command.__signature__ = inspect.Signature(parameters)
+        command.__annotations__ = {p.name: p.annotation for p in parameters}
+        return command
+
+    return decorate
+
+
+@generating_command("t2v")
 def t2v(
     prompt: list[str] = typer.Argument(..., help="What to generate; several prompts make several videos (or a --grid).", show_default=False),
-    output: Path = OUTPUT, image: Path = IMAGE,
+    image: Path = IMAGE,
     sketch: Path = typer.Option(None, "--sketch", help="A single sketch image (strokes on paper) for the layout."),
     style: Path = STYLE,
     depth: Path = typer.Option(None, "--depth", help="A video whose depth sequence sets the structure."),
     path: list[str] = typer.Option(None, "--path", help="Hand-drawn trajectory 'x0,y0 x1,y1 ...' (relative 0..1) turned into a motion field; repeat for several motions."),
     grid: bool = typer.Option(False, "--grid", help="Render every prompt with every --path into one tiled video and contact sheet."),
-    conditions: Path = CONDITIONS, seed: int = SEED, steps: int = STEPS, guidance: float = GUIDANCE,
-    guide: str = GUIDE, eta: float = ETA, negative_prompt: str = NEGATIVE, frames: int = FRAMES, size: str = SIZE,
-    fps: float = FPS, device: str = DEVICE, weights: Path = WEIGHTS, preview: bool = PREVIEW,
-    json_out: bool = JSON, quiet: bool = QUIET,
-) -> None:
+) -> dict:
     """Text to video, optionally guided by an image, a sketch, a style, a depth video or a motion path."""
-    _run("t2v", json_out, quiet, weights, device, prompt=prompt, output=output or Path("t2v.mp4"), image=image,
-         sketch=sketch, style=style, depth=depth, path=path or None, grid=grid, conditions=conditions,
-         frames=frames, size=size, fps=fps, **_sampling(seed, steps, guidance, guide, eta, negative_prompt, preview))
+    return dict(prompt=prompt, image=image, sketch=sketch, style=style, depth=depth, path=path or None, grid=grid)
 
 
+@generating_command("motion-transfer")
 def motion_transfer(
     src: list[Path] = typer.Argument(..., help="Source video(s) whose motion vectors drive the new video.", show_default=False),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="The new content; repeat for several.", show_default=False),
-    output: Path = OUTPUT, image: Path = IMAGE, style: Path = STYLE,
+    image: Path = IMAGE, style: Path = STYLE,
     grid: bool = typer.Option(False, "--grid", help="Render every prompt with every SRC's motion into one tiled video and contact sheet."),
-    conditions: Path = CONDITIONS, seed: int = SEED, steps: int = STEPS, guidance: float = GUIDANCE,
-    guide: str = GUIDE, eta: float = ETA, negative_prompt: str = NEGATIVE, frames: int = FRAMES, size: str = SIZE,
-    fps: float = FPS, device: str = DEVICE, weights: Path = WEIGHTS, preview: bool = PREVIEW,
-    json_out: bool = JSON, quiet: bool = QUIET,
-) -> None:
+) -> dict:
     """New content that moves like SRC (motion vectors read from the H.264 bitstream)."""
-    _run("motion-transfer", json_out, quiet, weights, device, src=src, prompt=prompt,
-         output=output or Path("motion-transfer.mp4"), image=image, style=style, grid=grid, conditions=conditions,
-         frames=frames, size=size, fps=fps, **_sampling(seed, steps, guidance, guide, eta, negative_prompt, preview))
+    return dict(src=src, prompt=prompt, image=image, style=style, grid=grid)
 
 
+@generating_command("inpaint")
 def inpaint(
     src: Path = typer.Argument(..., help="Source video.", show_default=False),
     prompt: str = typer.Option(..., "--prompt", "-p", help="What the masked region becomes.", show_default=False),
     mask: Path = typer.Option(None, "--mask", help="Mask video or image, white = regenerate; any size or length (resampled)."),
     box: str = typer.Option(None, "--box", help="Region to regenerate as x,y,w,h in relative coordinates, instead of --mask."),
     no_motion: bool = typer.Option(False, "--no-motion", help="Do not condition on SRC's motion."),
-    output: Path = OUTPUT, conditions: Path = CONDITIONS, seed: int = SEED, steps: int = STEPS,
-    guidance: float = GUIDANCE, guide: str = GUIDE, eta: float = ETA, negative_prompt: str = NEGATIVE,
-    frames: int = FRAMES, size: str = SIZE, fps: float = FPS, device: str = DEVICE, weights: Path = WEIGHTS,
-    preview: bool = PREVIEW, json_out: bool = JSON, quiet: bool = QUIET,
-) -> None:
+) -> dict:
     """Regenerate the masked region of SRC from the prompt; everything outside the mask is kept."""
-    _run("inpaint", json_out, quiet, weights, device, src=src, prompt=prompt, mask=mask, box=box,
-         no_motion=no_motion, output=output or Path("inpaint.mp4"), conditions=conditions, frames=frames,
-         size=size, fps=fps, **_sampling(seed, steps, guidance, guide, eta, negative_prompt, preview))
+    return dict(src=src, prompt=prompt, mask=mask, box=box, no_motion=no_motion)
 
 
+@generating_command("translate")
 def translate(
     src: Path = typer.Argument(..., help="Source video.", show_default=False),
     prompt: str = typer.Option(..., "--prompt", "-p", help="The new appearance.", show_default=False),
     structure: str = typer.Option("depth", "--structure", help="depth, sketch or depth,sketch."),
     no_motion: bool = typer.Option(False, "--no-motion", help="Do not condition on SRC's motion."),
-    output: Path = OUTPUT, conditions: Path = CONDITIONS, seed: int = SEED, steps: int = STEPS,
-    guidance: float = GUIDANCE, guide: str = GUIDE, eta: float = ETA, negative_prompt: str = NEGATIVE,
-    frames: int = FRAMES, size: str = SIZE, fps: float = FPS, device: str = DEVICE, weights: Path = WEIGHTS,
-    preview: bool = PREVIEW, json_out: bool = JSON, quiet: bool = QUIET,
-) -> None:
+) -> dict:
     """Same structure and motion as SRC, new appearance from the prompt."""
-    _run("translate", json_out, quiet, weights, device, src=src, prompt=prompt, structure=structure,
-         no_motion=no_motion, output=output or Path("translate.mp4"), conditions=conditions, frames=frames,
-         size=size, fps=fps, **_sampling(seed, steps, guidance, guide, eta, negative_prompt, preview))
+    return dict(src=src, prompt=prompt, structure=structure, no_motion=no_motion)
 
 
+@generating_command("stylize", skip=("conditions",))
 def stylize(
     src: Path = typer.Argument(..., help="Source video.", show_default=False),
     style: Path = typer.Option(..., "--style", help="Style image.", show_default=False),
     prompt: str = typer.Option("", "--prompt", "-p", help="Optional text."),
     structure: str = typer.Option("depth", "--structure", help="depth, sketch or depth,sketch."),
-    output: Path = OUTPUT, seed: int = SEED, steps: int = STEPS, guidance: float = GUIDANCE, guide: str = GUIDE,
-    eta: float = ETA, negative_prompt: str = NEGATIVE, frames: int = FRAMES, size: str = SIZE, fps: float = FPS,
-    device: str = DEVICE, weights: Path = WEIGHTS, preview: bool = PREVIEW, json_out: bool = JSON,
-    quiet: bool = QUIET,
-) -> None:
+) -> dict:
     """SRC's structure in the style image's look."""
-    _run("stylize", json_out, quiet, weights, device, src=src, style=style, prompt=prompt, structure=structure,
-         output=output or Path("stylize.mp4"), frames=frames, size=size, fps=fps,
-         **_sampling(seed, steps, guidance, guide, eta, negative_prompt, preview))
+    return dict(src=src, style=style, prompt=prompt, structure=structure)
 
 
 EPILOGS = {
