@@ -7,6 +7,7 @@ given as "WxH" strings or (W, H) tuples; list options accept one value or a list
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def _frames(frames) -> int:
     return frames
 
 
+def _fps(fps) -> float | None:
+    if fps is not None and not (math.isfinite(float(fps)) and float(fps) > 0):
+        raise InputError(f"--fps must be a positive number (got {fps})")
+    return None if fps is None else float(fps)
+
+
 def _model_size(pipeline, size) -> tuple[int, int]:
     return _size(size) or tuple(pipeline.default_size)
 
@@ -71,7 +78,7 @@ def t2v(pipeline, prompt, output, *, image=None, sketch=None, style=None, depth=
     """Text to video; several prompts and/or several --path trajectories make a content x motion set."""
     check_output(output)
     prompts = [check_prompt(p) for p in _listed(prompt)] or [check_prompt("")]
-    frames, options = _frames(frames), _options(**sampling)
+    frames, options, fps = _frames(frames), _options(**sampling), _fps(fps)
     size = _model_size(pipeline, size)
     out_fps = float(fps or 8.0)
     if conditions is not None:
@@ -90,7 +97,7 @@ def motion_transfer(pipeline, src, output, *, prompt, image=None, style=None, gr
     """New content that moves like each SRC; several prompts/sources make a content x motion set."""
     check_output(output)
     prompts = [check_prompt(p) for p in _listed(prompt)] or [check_prompt("")]
-    frames, options = _frames(frames), _options(**sampling)
+    frames, options, fps = _frames(frames), _options(**sampling), _fps(fps)
     size = _model_size(pipeline, size)
     if conditions is not None:
         motions = [(str(conditions), recipes.from_folder(conditions, frames=frames))]
@@ -109,7 +116,7 @@ def inpaint(pipeline, src, output, *, prompt, mask=None, box=None, conditions=No
     """Regenerate the masked region of SRC from the prompt; the rest is kept from SRC."""
     check_output(output)
     prompt = check_prompt(prompt)
-    frames, options = _frames(frames), _options(**sampling)
+    frames, options, fps = _frames(frames), _options(**sampling), _fps(fps)
     size = _model_size(pipeline, size)
     recipe = recipes.inpaint(src, frames=frames, size=size, mask=mask, box=box, fps=fps, motion=not no_motion,
                              weights_dir=weights)
@@ -127,7 +134,7 @@ def translate(pipeline, src, output, *, prompt, structure=None, no_motion=False,
     """SRC's structure (depth / sketch) and motion with a new appearance from the prompt."""
     check_output(output)
     prompt = check_prompt(prompt)
-    frames, options = _frames(frames), _options(**sampling)
+    frames, options, fps = _frames(frames), _options(**sampling), _fps(fps)
     size = _model_size(pipeline, size)
     if conditions is not None:
         recipe = recipes.from_folder(conditions, frames=frames)
@@ -143,7 +150,7 @@ def stylize(pipeline, src, output, *, style, prompt="", structure=None, frames=1
     """SRC's structure in the look of the style image (the prompt is optional)."""
     check_output(output)
     prompt = check_prompt(prompt, required=False)
-    frames, options = _frames(frames), _options(**sampling)
+    frames, options, fps = _frames(frames), _options(**sampling), _fps(fps)
     size = _model_size(pipeline, size)
     recipe = recipes.stylize(src, style=style, frames=frames, size=size, structure=structure, fps=fps,
                              weights_dir=weights)

@@ -54,6 +54,11 @@ def check_output(output: str | os.PathLike) -> Path:
         raise InputError(f"output {output} exists and is not a folder; give OUT.mp4, OUT.gif or a folder name")
     if kind != "frames" and output.is_dir():
         raise InputError(f"output {output} is a directory: give a file name such as {output}/out.mp4")
+    if kind == "frames" and output.is_dir() and any(not (p.name.startswith("frame_") and p.suffix == ".png")
+                                                     for p in output.iterdir()):
+        # a frames output replaces the whole folder: never do that to a folder holding other files
+        raise InputError(f"output {output} is a folder with other files in it, which would be replaced; "
+                         f"give a file name such as {output}/out.mp4 or a new folder name")
     check_writable_target(output, is_dir=kind == "frames")
     return output
 

@@ -154,7 +154,7 @@ def parse_path(text: str) -> np.ndarray:
     if points.ndim != 2 or points.shape[1:] != (2,) or len(points) < 2:
         raise InputError(f"--path {text!r} must be at least two points 'x,y x,y ...' in relative coordinates, "
                          "e.g. '0.1,0.5 0.9,0.5'")
-    if points.min() < 0 or points.max() > 1:
+    if not np.isfinite(points).all() or points.min() < 0 or points.max() > 1:
         raise InputError(f"--path {text!r}: coordinates must be between 0 and 1")
     return points
 

@@ -40,10 +40,11 @@ def _root(
 
 
 def _register() -> None:
-    from vcomp.cli import extract, generate, models, train
+    from vcomp.cli import batch, extract, generate, models, train
 
     extract.register(app)
     generate.register(app)
+    batch.register(app)
     models.register(app)
     train.register(app)
 

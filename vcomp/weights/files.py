@@ -5,7 +5,8 @@ found as `<folder>/<name>` or `<folder>/model_weights/<name>` (the published rep
 For every `.pth` / `.ckpt` / `.bin` file a `.safetensors` file with the same stem is preferred when
 present (it loads without unpickling anything). Nothing is ever downloaded.
 
-The embedded model ships inside the package: `vcomp/assets/embedded.safetensors` + `embedded.json`.
+The embedded model ships inside the package: `vcomp/assets/embedded.safetensors` + `embedded.json`
+($VCOMP_ASSETS points at another folder holding these two files).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED_WEIGHTS = "embedded.safetensors"
 EMBEDDED_CONFIG = "embedded.json"
 ALLOW_RANDOM_ENV = "VCOMP_ALLOW_RANDOM"
+ASSETS_ENV = "VCOMP_ASSETS"  # another folder for the embedded model (a development build, tests)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ def require(key: str, weights_dir: str | os.PathLike | None = None) -> Path:
 
 
 def embedded_paths(assets: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    folder = Path(assets) if assets is not None else ASSETS
+    """The embedded model's files in `assets`, else in $VCOMP_ASSETS, else in the package."""
+    folder = Path(assets) if assets is not None else Path(os.environ.get(ASSETS_ENV) or ASSETS)
     return folder / EMBEDDED_WEIGHTS, folder / EMBEDDED_CONFIG
 
 
