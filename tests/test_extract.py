@@ -211,3 +211,16 @@ def test_sigterm_leaves_no_partial_output(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4"]
+
+
+def test_an_unrelated_folder_is_never_replaced(square_clip, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    code, _, err = run_cli("extract", square_clip, "-o", folder, capsys=capsys)
+    assert code == 2 and "other files" in err
+    assert [p.name for p in folder.iterdir()] == ["holiday.jpg"]
+    # a previous conditions folder is replaced
+    assert run_cli("extract", square_clip, "-o", tmp_path / "c", "-c", "sketch", capsys=capsys)[0] == 0
+    assert run_cli("extract", square_clip, "-o", tmp_path / "c", "-c", "depth", capsys=capsys)[0] == 0
+    assert ConditionSet.load(tmp_path / "c").present() == ["depth"]

@@ -133,7 +133,7 @@ def extract(
         raise InputError("the mask condition needs --mask FILE or --box x,y,w,h")
     if mask is not None and box is not None:
         raise InputError("give either --mask or --box, not both")
-    check_writable_target(output, is_dir=True)
+    check_writable_target(output, is_dir=True, replaceable=lambda p: p.name in (TENSORS_FILE, META_FILE, "previews"))
     info = probe(src)
     out_w, out_h = size or (info.width, info.height)
     step = sampling.step(info.fps)

@@ -52,15 +52,13 @@ def check_output(output: str | os.PathLike) -> Path:
     kind = output_kind(output)
     if kind == "frames" and output.exists() and not output.is_dir():
         raise InputError(f"output {output} exists and is not a folder; give OUT.mp4, OUT.gif or a folder name")
-    if kind != "frames" and output.is_dir():
-        raise InputError(f"output {output} is a directory: give a file name such as {output}/out.mp4")
-    if kind == "frames" and output.is_dir() and any(not (p.name.startswith("frame_") and p.suffix == ".png")
-                                                     for p in output.iterdir()):
-        # a frames output replaces the whole folder: never do that to a folder holding other files
-        raise InputError(f"output {output} is a folder with other files in it, which would be replaced; "
-                         f"give a file name such as {output}/out.mp4 or a new folder name")
-    check_writable_target(output, is_dir=kind == "frames")
+    check_writable_target(output, is_dir=kind == "frames", replaceable=is_frame_file)
     return output
+
+
+def is_frame_file(path: Path) -> bool:
+    """What a PNG-frames output folder holds (and may replace)."""
+    return path.name.startswith("frame_") and path.suffix == ".png"
 
 
 def check_prompt(prompt: str, *, required: bool = True) -> str:

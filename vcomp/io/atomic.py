@@ -12,25 +12,39 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vcomp.errors import InputError
 
 
-def check_writable_target(path: str | os.PathLike, *, is_dir: bool = False) -> Path:
-    """Fail early, with a fixable message, when `path` cannot be created."""
+def check_writable_target(path: str | os.PathLike, *, is_dir: bool = False,
+                          replaceable: Callable[[Path], bool] | None = None) -> Path:
+    """Fail early, with a fixable message, when `path` cannot be created.
+
+    A folder output replaces an existing folder only if every entry in it is `replaceable`
+    (e.g. a previous output of the same kind), so no unrelated file is ever deleted. Writability
+    is probed by creating a temp file (permission bits alone say nothing for root)."""
     path = Path(path)
     if not is_dir and path.is_dir():
         raise InputError(f"output {path} is a directory: give a file name such as {path}/out.mp4")
     if is_dir and path.exists() and not path.is_dir():
         raise InputError(f"output {path} exists and is not a folder: choose another -o path")
+    if is_dir and path.is_dir() and replaceable is not None and not all(replaceable(p) for p in path.iterdir()):
+        raise InputError(f"output {path} is a folder with other files in it, which would be replaced; "
+                         "give a new folder name")
     parent = path.absolute().parent
     existing = parent
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write to {parent}: the folder is not writable; choose another -o path")
+    if not existing.is_dir():
+        raise InputError(f"cannot write to {parent}: {existing} is not a folder; choose another -o path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot write to {parent}: {(exc.strerror or str(exc)).lower()}; "
+                         "choose another -o path") from None
     return path
 
 
