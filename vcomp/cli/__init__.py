@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 
 import typer
 
@@ -40,13 +41,14 @@ def _root(
 
 
 def _register() -> None:
-    from vcomp.cli import batch, extract, generate, models, train
+    from vcomp.cli import batch, eval, extract, generate, models, train
 
     extract.register(app)
     generate.register(app)
     batch.register(app)
     models.register(app)
     train.register(app)
+    eval.register(app)
 
 
 def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: temp files are cleaned up
@@ -73,12 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("VCOMP_DEBUG") == "1"
     signal.signal(signal.SIGTERM, _terminate)
+    # the CLI reports unknown words itself (as one warning line, hidden by --quiet)
+    warnings.filterwarnings("ignore", message="words not in the embedded model's vocabulary")
     _register()
     try:
         result = app(args=argv, prog_name="vcomp", standalone_mode=False)
         code = result if isinstance(result, int) else 0
-    except typer.Exit as exc:
+    except typer.Exit as exc:  # Typer turns Ctrl-C into Exit(130)
         code = exc.exit_code
+        if code == 130:
+            sys.stderr.write("vcomp: interrupted; no partial output was written\n")
     except usage_errors as exc:
         exc.show()
         code = exc.exit_code
