@@ -1,0 +1,235 @@
+"""vcomp.train: data order, condition dropout, the two-stage loop, checkpoints/resume, export,
+user folders, `vcomp train` and torchrun data parallelism, on a micro model (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vcomp.errors import InputError
+from vcomp.train.checkpoint import LOG_FILE, load_checkpoint
+from vcomp.train.data import FolderSource, Request, TrainDataset, WorldSource, collate, plan_step, random_mask
+from vcomp.train.dropout import DropoutConfig, sample_keep
+from vcomp.train.loop import Schedule, TrainConfig, Trainer, parse_curriculum, train
+
+# A micro UNet (~0.45 M parameters) on 4 frames of 32 x 32 px: a training step takes ~0.2 s.
+MICRO = {"dim": 16, "dim_mult": (1, 2), "num_res_blocks": 1, "attn_scales": (0.5,), "head_dim": 16,
+         "norm_groups": 4, "context_dim": 32, "stc_hidden": 8, "concat_dim": 4}
+MICRO_JSON = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in MICRO.items()})
+FAST = {"batch": 2, "frames_curriculum": "4", "size_curriculum": "32", "workers": 0, "threads": 1, "model": MICRO,
+        "text_depth": 1, "text_heads": 2, "warmup": 0, "log_every": 1, "ckpt_every": 1000}
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The micro runs use one torch thread (on a busy 2-core VM two threads spin-wait on each
+    other, 10x slower); put the process's setting back for the tests that follow."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def micro(tmp: Path, **kw) -> TrainConfig:
+    return TrainConfig(out=str(tmp), **{**FAST, **kw})
+
+
+def read_log(run: Path) -> dict[int, dict]:
+    lines = [json.loads(x) for x in (run / LOG_FILE).read_text().splitlines()]
+    return {e["step"]: e for e in lines if "loss" in e}
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def test_curriculum_and_schedule():
+    assert parse_curriculum("8,16", 1000, 16) == ((8, 500), (16, None))
+    assert parse_curriculum("8:300,16:600,32", 1000, 16) == ((8, 300), (16, 600), (32, None))
+    assert parse_curriculum(None, 10, 64) == ((64, None),)
+    with pytest.raises(InputError):
+        parse_curriculum("8:300,16:200,32", 1000, 16)
+    s = Schedule(1000, 300, ((8, 500), (16, None)), ((32, 200), (64, None)), 1e-3, 100, "cosine", 0.1)
+    assert [s.stage(k) for k in (0, 299, 300)] == [1, 1, 2]
+    assert (s.frames_at(499), s.frames_at(500), s.size_at(199), s.size_at(200)) == (8, 16, 32, 64)
+    assert s.lr_at(0) == pytest.approx(1e-5) and s.lr_at(100) == pytest.approx(1e-3)
+    assert s.lr_at(1000) == pytest.approx(1e-4)
+
+
+def test_data_order_is_a_pure_function_of_seed_step_rank():
+    world = WorldSource(seed=3)
+    a = plan_step(3, 7, 0, 2, 4, world, 16, 64, True)
+    assert a == plan_step(3, 7, 0, 2, 4, world, 16, 64, True)
+    b = plan_step(3, 7, 1, 2, 4, world, 16, 64, True)
+    assert {r.index for r in a}.isdisjoint({r.index for r in b})  # ranks see different clips
+    assert [r.index for r in a] == [56, 57, 58, 59]  # (step * world + rank) * batch + i
+
+    class Five:  # a finite, shuffled source: every clip once per epoch
+        shuffle = True
+
+        def __len__(self):
+            return 5
+
+    epoch = [r.index for s in range(5) for r in plan_step(0, s, 0, 1, 1, Five(), 8, 32, False)]
+    assert sorted(epoch) == [0, 1, 2, 3, 4]
+
+
+def test_condition_dropout_rates():
+    cfg = DropoutConfig()
+    g = torch.Generator().manual_seed(0)
+    n = 40_000
+    keep = sample_keep(n, ["motion", "depth", "style"], 2, cfg, g)
+    k = torch.stack([keep["motion"], keep["depth"], keep["style"]]).float()
+    all_kept, all_dropped = k.prod(0).mean().item(), (1 - k).prod(0).mean().item()
+    # keep-all 0.1 + 0.8 * 0.5^3 by chance; drop-all 0.1 + 0.8 * 0.5^3
+    assert all_kept == pytest.approx(0.1 + 0.8 / 8, abs=0.01)
+    assert all_dropped == pytest.approx(0.1 + 0.8 / 8, abs=0.01)
+    assert k[0].mean().item() == pytest.approx(0.1 + 0.8 * 0.5, abs=0.01)
+    assert keep["text"].float().mean().item() == pytest.approx(1 - 0.1 * 0.5 - 0.8 * 0.1, abs=0.01)
+    text_only = keep["text"] & ~k.bool().any(0)  # pure text-to-video samples survive stage 2
+    assert text_only.float().mean().item() == pytest.approx(0.05 + 0.8 * 0.9 / 8, abs=0.01)
+    stage1 = sample_keep(n, ["motion"], 1, cfg, g)
+    assert set(stage1) == {"text"} and stage1["text"].float().mean().item() == pytest.approx(0.9, abs=0.01)
+
+
+def test_world_items_use_the_inference_adapter():
+    from vcomp.model.adapters import TinyAdapter
+
+    data = TrainDataset(WorldSource(seed=0), TinyAdapter())
+    item = data[Request(index=3, seed=5, frames=4, size=32, conditions=True)]
+    assert item["video"].shape == (3, 4, 32, 32) and -1 <= item["video"].min() and item["video"].max() <= 1
+    c = item["conditions"]
+    assert set(c) == {"motion", "depth", "sketch", "single_sketch", "local_image", "masked"}
+    assert c["motion"].shape == (2, 4, 32, 32) and c["masked"].shape == (4, 4, 32, 32)
+    assert c["local_image"].shape == (3, 32, 32) and item["style"].shape == (1, 64)
+    keep = c["masked"][3]  # hole pixels of the masked video are zero
+    assert torch.all(c["masked"][:3][:, keep == 0] == 0) and (keep == 0).any()
+    again = data[Request(index=3, seed=5, frames=4, size=32, conditions=True)]
+    assert torch.equal(again["conditions"]["masked"], c["masked"])  # deterministic
+    stage1 = data[Request(index=3, seed=5, frames=4, size=32, conditions=False)]
+    assert "conditions" not in stage1 and stage1["caption"] == item["caption"]
+    batch = collate([item, again])
+    assert batch["video"].shape == (2, 3, 4, 32, 32) and batch["style"].shape == (2, 1, 64)
+
+    rng = np.random.default_rng(0)
+    box = random_mask(rng, 4, 32)
+    assert box.shape == (4, 1, 32, 32) and 0.05 < box.mean() < 0.6
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_loss_goes_down(tmp_path):
+    cfg = micro(tmp_path / "run", stage="1", steps=40, lr=3e-3, batch=4, world_clips=8)
+    trainer = Trainer(cfg).setup()
+    fixed = collate([trainer.dataset[r] for r in trainer.requests(0)])
+    before = trainer.fixed_loss(trainer.model, fixed, stage=1)
+    for step, batch in enumerate(trainer._loader(0, cfg.steps)):
+        trainer.train_step(step, batch)
+    after = trainer.fixed_loss(trainer.model, fixed, stage=1)
+    assert before == pytest.approx(1.0, abs=0.1)  # eps = 0 at initialisation (zero output conv)
+    assert after < 0.88 * before
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    kw = {"stage": "both", "stage2_at": 1, "steps": 3, "lr": 2e-3}
+    full = train(micro(tmp_path / "full", **kw))
+    assert full["step"] == 3 and full["stopped"] == "done"
+
+    part = train(micro(tmp_path / "part", session_steps=1, **kw))
+    assert part["step"] == 1 and part["stopped"] == "session-steps"
+    with pytest.raises(InputError, match="--resume"):
+        train(micro(tmp_path / "part", **kw))
+    with pytest.raises(InputError, match="lr"):
+        train(micro(tmp_path / "part", resume=True, **{**kw, "lr": 1e-3}), explicit={"lr"})
+    resumed = train(micro(tmp_path / "part", resume=True, **kw))
+    assert resumed["step"] == 3
+
+    a, b = read_log(tmp_path / "full"), read_log(tmp_path / "part")
+    for step in (2, 3):  # stage 2 steps, after the resume
+        assert b[step]["stage"] == 2
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5, abs=1e-7)
+    ca, cb = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "part")
+    assert ca.step == cb.step == 3 and set(ca.tensors) == set(cb.tensors)
+    worst = max((ca.tensors[k] - cb.tensors[k]).abs().max().item() for k in ca.tensors)
+    assert worst < 1e-5
+    sessions = cb.record["sessions"]
+    assert [(s["start_step"], s["end_step"]) for s in sessions] == [(0, 1), (1, 3)]
+
+
+def _write_folder(folder: Path) -> None:
+    from vcomp.io import write_video
+    from vcomp.train.synthetic import WorldDataset
+
+    folder.mkdir()
+    world = WorldDataset(length=2, seed=1, size=48, frames=10, motion="none", style=False)
+    write_video(folder / "one.mp4", world[0]["frames"], fps=8)
+    (folder / "one.txt").write_text("a red circle moving left\n")
+    (folder / "sub").mkdir()
+    write_video(folder / "sub" / "two.mp4", world[1]["frames"], fps=8)
+    (folder / "captions.jsonl").write_text(json.dumps({"video": "sub/two.mp4", "caption": "a zebra walking"}) + "\n")
+
+
+def test_folder_dataset(tmp_path):
+    from vcomp.model.adapters import TinyAdapter
+
+    _write_folder(tmp_path / "clips")
+    assert len(FolderSource(tmp_path / "clips", frames=4, stride=1)) == 4  # 10 frames: clips at 0 and 4
+    source = FolderSource(tmp_path / "clips", frames=4, stride=2)  # a clip spans 7 source frames
+    assert len(source) == 2
+    assert sorted(source.captions()) == ["a red circle moving left", "a zebra walking"]
+    data = TrainDataset(source, TinyAdapter())
+    item = data[Request(index=0, seed=1, frames=4, size=32, conditions=True)]
+    assert item["video"].shape == (3, 4, 32, 32)
+    assert set(item["conditions"]) == {"motion", "depth", "sketch", "single_sketch", "local_image", "masked"}
+    assert item["caption"] in source.captions()
+
+
+def test_cli_folder_finetune_export_and_pipeline(tmp_path):
+    from vcomp.cli import main
+    from vcomp.pipeline import Pipeline
+    from vcomp.weights.embedded import load_embedded
+
+    _write_folder(tmp_path / "clips")
+    base = tmp_path / "base"
+    train(micro(base, stage="1", steps=1))
+    args = ["train", "--data", str(tmp_path / "clips"), "--init", str(base), "--stage", "2", "--steps", "2",
+            "--batch", "2", "--frames-curriculum", "4", "--size-curriculum", "32", "--workers", "0",
+            "--stride", "2", "--threads", "1", "--out", str(tmp_path / "ft"), "--export", str(tmp_path / "export"), "--json", "-q"]
+    assert main(args) == 0
+    emb = load_embedded(tmp_path / "export")
+    assert "zebra" in emb.text_encoder.vocab  # the user's words joined the vocabulary
+    training = emb.record["training"]
+    assert training["steps"] == 2 and training["seed"] == 0 and training["weights"] == "EMA"
+    assert "--init" in training["command"] and training["hardware"]["torch"] == torch.__version__
+    pipe = Pipeline.load(device="cpu", preset="tiny", assets=tmp_path / "export")
+    result = pipe.generate(None, "a zebra walking", steps=1, size=(32, 32), num_frames=4)
+    assert result.frames.shape == (4, 32, 32, 3)
+
+
+def test_torchrun_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vcomp", "train", "--out", str(out), "--steps", "2", "--stage2-at", "1", "--batch", "1",
+           "--frames-curriculum", "4", "--size-curriculum", "32", "--workers", "0", "--threads", "1",
+           "--model-json", MICRO_JSON, "--json", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout[stdout.index("{"):])
+    assert summary["world_size"] == 2 and summary["step"] == 2
+    ckpt = load_checkpoint(out)
+    assert ckpt.step == 2 and ckpt.record["world_size"] == 2

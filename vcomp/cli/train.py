@@ -1,0 +1,178 @@
+"""`vcomp train`: train (or fine-tune) the embedded model; resumable, CPU or CUDA, torchrun-ready."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from vcomp.cli import console
+
+EPILOG = """
+Examples:\n
+  vcomp train --steps 200 --out runs/try                       # a quick look, procedural world\n
+  vcomp train --out runs/tiny --max-minutes 120 --resume       # run in sessions: continues where it stopped\n
+  vcomp train --data my_clips/ --init vcomp/assets --stage 2 --steps 2000 --out runs/mine --export mine/\n
+  torchrun --standalone --nproc_per_node 2 -m vcomp train --out runs/ddp --batch 8\n
+Progress goes to the terminal; every run also writes OUT/log.jsonl and OUT/checkpoint/train.json.
+"""
+
+# CLI option -> TrainConfig field, for the options whose default means "the run's value"
+_FIELDS = {
+    "data": "data", "preset": "preset", "stage": "stage", "steps": "steps", "stage2_at": "stage2_at",
+    "batch": "batch", "lr": "lr", "lr_schedule": "lr_schedule", "warmup": "warmup", "ema": "ema",
+    "grad_clip": "grad_clip", "weight_decay": "weight_decay", "frames_curriculum": "frames_curriculum",
+    "size_curriculum": "size_curriculum", "seed": "seed", "ckpt_every": "ckpt_every", "log_every": "log_every",
+    "eval_every": "eval_every", "max_minutes": "max_minutes", "session_steps": "session_steps",
+    "device": "device", "precision": "precision", "workers": "workers", "threads": "threads", "out": "out",
+    "init": "init", "export": "export", "world_clips": "world_clips", "cache": "cache", "stride": "stride",
+    "text_len": "text_len", "user_path_prob": "user_path_prob",
+}
+
+
+def train(
+    data: str = typer.Option(None, "--data", help="'world' (the procedural world) or a folder of videos with captions (a .txt beside each video, or captions.jsonl). Default: world."),
+    preset: str = typer.Option(None, "--preset", help="Model preset. Default: tiny."),
+    stage: str = typer.Option(None, "--stage", help="1 (text to video), 2 (compositional, condition dropout) or both. Default: both."),
+    steps: int = typer.Option(None, "--steps", help="Total optimiser steps over all stages (a resumed run may raise it). Default: 20000."),
+    stage2_at: int = typer.Option(None, "--stage2-at", help="With --stage both: the first stage-2 step. Default: 30% of --steps."),
+    batch: int = typer.Option(None, "--batch", help="Clips per process per step. Default: 16."),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate (AdamW). Default: 3e-4."),
+    lr_schedule: str = typer.Option(None, "--lr-schedule", help="constant or cosine (after the warm-up). Default: constant."),
+    warmup: int = typer.Option(None, "--warmup", help="Linear warm-up steps. Default: 200."),
+    ema: float = typer.Option(None, "--ema", help="EMA decay of the weights (the exported model). Default: 0.999."),
+    min_snr: float = typer.Option(None, "--min-snr", help="min-SNR-gamma loss weighting; 0 = plain MSE. Default: 5."),
+    grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip; 0 = off. Default: 1."),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. Default: 0.01."),
+    frames_curriculum: str = typer.Option(None, "--frames-curriculum", help="Frames per clip over training: '8,16' (even split) or '8:3000,16'. Default: 16."),
+    size_curriculum: str = typer.Option(None, "--size-curriculum", help="Frame size over training: '32,64' or '32:2000,64'. Default: the preset's (64)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the initial weights, the data order, noise and dropout. Default: 0."),
+    ckpt_every: int = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps (and always at the end). Default: 500."),
+    log_every: int = typer.Option(None, "--log-every", help="Append to OUT/log.jsonl every N steps. Default: 10."),
+    eval_every: int = typer.Option(None, "--eval-every", help="Loss of the EMA weights on a fixed held-out batch every N steps; 0 = off. Default: 0."),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (with a checkpoint) after this many minutes; --resume continues."),
+    session_steps: int = typer.Option(None, "--session-steps", help="Stop (with a checkpoint) after this many steps in this session."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N. Default: auto (CUDA when available)."),
+    precision: str = typer.Option(None, "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16."),
+    workers: int = typer.Option(None, "--workers", help="DataLoader worker processes (0 = in the training process). Default: 1."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads per process. Default: cores / processes."),
+    out: str = typer.Option(None, "--out", "-o", help="Run folder: checkpoint/ (model.safetensors, optimizer.pt, train.json) and log.jsonl. Default: runs/tiny."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out at its exact step (starts it if there is no checkpoint yet)."),
+    init: str = typer.Option(None, "--init", help="Start from these weights: a run or checkpoint folder (EMA weights) or an embedded model folder (fine-tuning)."),
+    export: str = typer.Option(None, "--export", help="At the end of the session, write the EMA weights as an embedded model (embedded.safetensors + embedded.json) into this folder."),
+    world_clips: int = typer.Option(None, "--world-clips", help="Use a fixed pool of N world clips (with --cache, generated once). Default: a fresh clip every time."),
+    cache: str = typer.Option(None, "--cache", help="Folder for cached clips (world pools, decoded folder clips)."),
+    stride: int = typer.Option(None, "--stride", help="Folder data: take every K-th source frame. Default: about 8 fps."),
+    text_len: int = typer.Option(None, "--text-len", help="Text tokens. Default: enough for the longest caption."),
+    user_path_prob: float = typer.Option(None, "--user-path-prob", help="World, stage 2: fraction of clips whose depth and sketch come from the user-video extractors. Default: 0.25."),
+    model_json: str = typer.Option(None, "--model-json", hidden=True, help="ModelConfig overrides as JSON (experiments, tests)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout at the end."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Train the embedded model: stage 1 text-to-video, stage 2 compositional (condition dropout),
+    eps-prediction MSE, AdamW + EMA, checkpoints you can --resume, optional --export."""
+    options = dict(locals())
+    import os
+
+    from vcomp.errors import InputError
+    from vcomp.train.loop import TrainConfig
+    from vcomp.train.loop import train as run_training
+
+    console.set_quiet(quiet)
+    given = {field: options[option] for option, field in _FIELDS.items() if options[option] is not None}
+    if min_snr is not None:
+        given["min_snr_gamma"] = None if min_snr <= 0 else float(min_snr)
+    if model_json is not None:
+        try:
+            overrides = json.loads(model_json)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--model-json is not valid JSON ({exc})") from None
+        given["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    if "data" in given and given["data"] != "world" and not Path(given["data"]).expanduser().is_dir():
+        raise InputError(f"--data {given['data']}: give 'world' or an existing folder of videos")
+    cfg = TrainConfig(**given, resume=resume, command=_command_line(options))
+    rank = int(os.environ.get("RANK", "0"))
+    show = rank == 0 and console.interactive()
+    with _Progress(show) as progress:
+        summary = run_training(cfg, on_event=progress.event, explicit=set(given))
+    if rank != 0:
+        return
+    if json_out:
+        console.print_json(summary)
+    else:
+        where = f", exported to {summary['exported'][0]}" if summary.get("exported") else ""
+        loss = f"{summary['loss_ema']:.4f}" if summary.get("loss_ema") is not None else "-"
+        console.log(f"step {summary['step']}/{summary['steps']} ({summary['stopped']}), loss {loss}, "
+                    f"{summary['s_per_step']:.2f} s/step; checkpoint in {summary['checkpoint']}{where}")
+
+
+def _command_line(options: dict) -> list[str]:
+    """The `vcomp train ...` invocation, rebuilt from the options given (recorded in train.json)."""
+    import os
+
+    words = ["vcomp", "train"]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--json" if name == "json_out" else "--" + name.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        words = ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", str(world)), "-m", *words]
+    return words
+
+
+class _Progress:
+    """A Rich bar with stage, clip shape, loss and it/s (nothing when not interactive)."""
+
+    def __init__(self, show: bool):
+        self.show, self.bar, self.task = show, None, None
+
+    def __enter__(self):
+        if self.show:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=console.err, transient=False)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+    def event(self, kind: str, info: dict) -> None:
+        if self.bar is None:
+            return
+        if kind == "start":
+            what = "resuming" if info["resumed"] else "training"
+            data = info["data"]
+            source = data.get("folder") or data.get("type")
+            self.bar.console.print(f"{what} {info['out']} on {info['device']} x{info['world_size']}: "
+                                   f"{info['parameters']['unet']:,} + {info['parameters']['text']:,} parameters, "
+                                   f"data {source}, stage 2 from step {info['stage2_at']}, "
+                                   f"frames {info['frames']}, size {info['sizes']}")
+            self.task = self.bar.add_task("train", total=info["steps"], completed=info["start_step"], loss="-",
+                                          speed="")
+        elif kind == "step" and self.task is not None:
+            self.bar.update(self.task, completed=info["step"],
+                            description=f"stage {info['stage']} {info['frames']}x{info['size']}px",
+                            loss=f"{info['loss_ema']:.4f}", speed=f"{info['it_s']:.2f} it/s")
+        elif kind == "eval":
+            self.bar.console.print(f"step {info['step']}: held-out MSE (EMA) {info['eval_mse_ema']:.4f}")
+        elif kind == "export":
+            self.bar.console.print(f"exported the EMA weights to {info['path']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", epilog=EPILOG)(train)

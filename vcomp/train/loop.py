@@ -1,0 +1,759 @@
+"""Two-stage training of the embedded model (or any preset): the loop behind `vcomp train`.
+
+    cfg = TrainConfig(data="world", stage="both", steps=20_000, out="runs/tiny")
+    summary = Trainer(cfg).run()          # resumable: TrainConfig(..., resume=True) continues
+
+Stage 1 (text to video): the UNet and the word-level text encoder learn from captions alone.
+Stage 2 (compositional): every condition the preset has (motion, depth, sketch, masked video,
+first image, single sketch, style), built by the same `ConditionAdapter` the pipeline uses, with
+the paper's condition dropout (`vcomp.train.dropout`). `stage="both"` switches at `stage2_at`.
+
+Objective: eps-prediction MSE on x_t = diffusers `add_noise` under the sampler's own schedule
+(`vcomp.engine.sampling.SCHEDULER_CONFIG`: 1000 steps, scaled-linear 0.00085..0.012), t uniform,
+optionally weighted by min-SNR-gamma (w = min(SNR, gamma) / SNR). AdamW (no decay on biases,
+norms and embeddings), linear warm-up then constant or cosine learning rate, gradient clipping,
+an EMA of the weights (what gets exported), a curriculum over frame count and frame size.
+
+Reproducible and resumable: the model starts from `seed`; step s draws its noise, timesteps and
+dropout from a generator seeded by (seed, s, rank), and its clips from `plan_step` (a pure
+function of seed, step, rank), so `--resume` continues at the exact step with the exact batches.
+
+Distributed: under `torchrun` (WORLD_SIZE > 1) every process joins a process group (gloo on CPU,
+nccl on CUDA), the model is wrapped in DistributedDataParallel, each process trains on its own
+shard of every step, and only rank 0 writes checkpoints, logs and exports.
+
+This module prints nothing: it reports through `on_event(kind, info)` (the CLI draws progress).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vcomp.errors import InputError
+from vcomp.train.checkpoint import (
+    FORMAT,
+    append_log,
+    find_checkpoint,
+    load_checkpoint,
+    load_init,
+    prefixed,
+    save_checkpoint,
+)
+from vcomp.train.data import (
+    StepSampler,
+    TrainDataset,
+    collate,
+    mix_seed,
+    plan_step,
+    worker_init,
+)
+from vcomp.train.dropout import DropoutConfig, drop_captions, sample_keep
+
+Event = Callable[[str, dict], None]
+
+# Fields that may change when a run is resumed (how and for how long this session runs);
+# every other field is the run's identity and comes from its checkpoint.
+SESSION_FIELDS = ("steps", "max_minutes", "session_steps", "device", "precision", "workers", "threads",
+                  "export", "ckpt_every", "log_every", "eval_every", "out", "resume", "init", "command")
+TRAIN_DROPOUT_OFF = {"misc_dropout": 0.0, "p_all_zero": 0.0, "p_all_keep": 0.0}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Defaults are the shipped embedded model's recipe."""
+
+    data: str = "world"  # "world" or a folder of captioned videos
+    preset: str = "tiny"
+    stage: str = "both"  # "1", "2" or "both"
+    steps: int = 20_000  # total optimiser steps (all stages)
+    stage2_at: int | None = None  # first stage-2 step with stage="both" (default: 30% of steps)
+    batch: int = 16  # clips per process per step
+    lr: float = 3e-4
+    lr_schedule: str = "constant"  # "constant" or "cosine" (to min_lr_ratio * lr at `steps`)
+    min_lr_ratio: float = 0.1
+    warmup: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.999  # EMA decay (warmed up as min(ema, (1 + s) / (10 + s)))
+    min_snr_gamma: float | None = 5.0  # None: plain MSE
+    frames_curriculum: str = "16"  # "8,16" (even split of the steps) or "8:4000,16" (until step 4000)
+    size_curriculum: str | None = None  # e.g. "32,64"; default: the preset's size (64 for tiny)
+    seed: int = 0
+    ckpt_every: int = 500
+    log_every: int = 10
+    eval_every: int = 0  # loss of the EMA weights on a fixed held-out batch every N steps (0: off)
+    max_minutes: float | None = None
+    session_steps: int | None = None  # stop this session after this many steps (then resume)
+    device: str = "auto"
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16
+    workers: int = 1  # DataLoader worker processes (0: build batches in the training process)
+    threads: int | None = None  # torch CPU threads per process (default: cores / processes)
+    out: str = "runs/tiny"
+    resume: bool = False
+    init: str | None = None
+    export: str | None = None
+    world_clips: int | None = None  # a finite pool of world clips (default: every clip is new)
+    cache: str | None = None  # npz cache for world pools / folder clips
+    stride: int | None = None  # folder data: source frames per clip frame (default: ~8 fps)
+    user_path_prob: float = 0.25  # world stage 2: depth + sketch from the user-video extractors
+    text_len: int | None = None  # text tokens (default: enough for the longest caption)
+    text_depth: int = 2
+    text_heads: int = 4
+    model: dict = field(default_factory=dict)  # ModelConfig overrides (tests, experiments)
+    dropout: dict = field(default_factory=lambda: DropoutConfig().to_dict())
+    command: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if isinstance(d.get("model"), dict):  # JSON lists back to the tuples ModelConfig uses
+            d["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in d["model"].items()}
+        return cls(**d)
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def parse_curriculum(text: str | int | None, steps: int, default: int) -> tuple[tuple[int, int | None], ...]:
+    """"8,16" -> ((8, steps // 2), (16, None)); "8:3000,16" -> ((8, 3000), (16, None))."""
+    if text is None or str(text).strip() == "":
+        return ((int(default), None),)
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        phases = [(int(p.split(":")[0]), int(p.split(":")[1]) if ":" in p else None) for p in parts]
+    except ValueError:
+        raise InputError(f"bad curriculum {text!r}: use values like 8,16 or 8:3000,16") from None
+    explicit = any(u is not None for u, in [(u,) for _, u in phases[:-1]])
+    if not explicit:
+        n = len(phases)
+        phases = [(v, (steps * (i + 1)) // n if i < n - 1 else None) for i, (v, _) in enumerate(phases)]
+    if any(u is None for _, u in phases[:-1]) or phases[-1][1] is not None:
+        raise InputError(f"bad curriculum {text!r}: every phase but the last needs ':until_step'")
+    ends = [u for _, u in phases[:-1]]
+    if ends != sorted(ends):
+        raise InputError(f"bad curriculum {text!r}: phase ends must increase")
+    return tuple(phases)
+
+
+def curriculum_text(phases) -> str:
+    return ",".join(f"{v}:{u}" if u is not None else f"{v}" for v, u in phases)
+
+
+def _phase(phases, step: int) -> int:
+    for value, until in phases:
+        if until is None or step < until:
+            return value
+    return phases[-1][0]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What each step trains: stage, frame count, frame size, learning rate."""
+
+    steps: int
+    stage2_at: int
+    frames: tuple
+    sizes: tuple
+    lr: float
+    warmup: int
+    lr_schedule: str
+    min_lr_ratio: float
+
+    def stage(self, step: int) -> int:
+        return 2 if step >= self.stage2_at else 1
+
+    def frames_at(self, step: int) -> int:
+        return _phase(self.frames, step)
+
+    def size_at(self, step: int) -> int:
+        return _phase(self.sizes, step)
+
+    def lr_at(self, step: int) -> float:
+        if self.warmup > 0 and step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if self.lr_schedule == "cosine":
+            progress = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+            return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return self.lr
+
+
+# ---------------------------------------------------------------- model pieces
+
+
+class Denoiser(nn.Module):
+    """UNet + text encoder as one module (what DDP wraps); its state_dict keys are the embedded
+    model's ("unet.*", "text.*")."""
+
+    def __init__(self, unet: nn.Module, text: nn.Module):
+        super().__init__()
+        self.unet, self.text = unet, text
+
+    def forward(self, x_t, t, ids, style=None, conditions=None, drop=None):
+        context = self.text.forward_ids(ids)
+        feats = None
+        if conditions:
+            b, _, f, h, w = x_t.shape
+            feats = self.unet.encode_conditions(conditions, b, f, (h, w), drop)
+        return self.unet(x_t, t, context=context, style=style, cond_features=feats)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    ema_p = [p for p in ema.parameters()]
+    src_p = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_p, src_p, 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def noise_scheduler():
+    """The sampler's schedule (diffusers DDIMScheduler with `SCHEDULER_CONFIG`), for add_noise."""
+    from diffusers import DDIMScheduler
+
+    from vcomp.engine.sampling import SCHEDULER_CONFIG
+
+    return DDIMScheduler(**SCHEDULER_CONFIG)
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """Per-sample loss weights for eps-prediction: min(SNR, gamma) / SNR (ones without gamma)."""
+    if gamma is None:
+        return torch.ones(t.shape, dtype=torch.float32)
+    ab = alphas_cumprod[t.cpu()].float()
+    snr = ab / (1 - ab)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def extend_vocab(text: nn.Module, words: list[str]) -> nn.Module:
+    """A text encoder with `words` appended to its vocabulary (new rows ~ N(0, 0.02))."""
+    from vcomp.model.embedders import WordTextEncoder
+
+    new = [w for w in dict.fromkeys(words) if w not in text.index]
+    if not new:
+        return text
+    bigger = WordTextEncoder(list(text.vocab) + new, **text.config())
+    sd = text.state_dict()
+    with torch.no_grad():
+        emb = bigger.token_embedding.weight
+        emb[: len(text.vocab)] = sd.pop("token_embedding.weight")
+        bigger.load_state_dict({**sd, "token_embedding.weight": emb.clone()})
+    return bigger
+
+
+def hardware(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": str(device),
+            "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, on_event: Event | None = None):
+        self.cfg = cfg
+        self.on_event = on_event or (lambda kind, info: None)
+
+    # ------------------------------------------------------------ setup
+
+    def _distributed(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.dist = None
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                backend = "nccl" if self.device.type == "cuda" else "gloo"
+                dist.init_process_group(backend=backend)
+            self.dist = dist
+
+    def _device(self) -> None:
+        from vcomp.pipeline import resolve_device
+
+        want = self.cfg.device
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = resolve_device(want)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", local)
+        self.device = dev
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        precision = self.cfg.precision
+        if precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
+        self.autocast = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and dev.type == "cuda")) else None
+
+    def _threads(self) -> None:
+        if self.device.type == "cpu":
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            threads = self.cfg.threads or max(1, (os.cpu_count() or 1) // world)
+            torch.set_num_threads(threads)
+
+    def _resolve_config(self) -> None:
+        """Fresh run, or resume: the checkpoint's identity + this session's fields."""
+        cfg = self.cfg
+        out = Path(cfg.out).expanduser()
+        existing = find_checkpoint(out)
+        self.resume_from = None
+        if existing is not None and not cfg.resume:
+            raise InputError(f"{out} already holds a training checkpoint; pass --resume to continue it, "
+                             "or choose another --out")
+        if existing is not None:
+            ckpt = load_checkpoint(existing)
+            stored = TrainConfig.from_dict(ckpt.record["config"])
+            session = {k: getattr(cfg, k) for k in SESSION_FIELDS}
+            for f in fields(TrainConfig):
+                if f.name in SESSION_FIELDS:
+                    continue
+                mine, theirs = getattr(cfg, f.name), getattr(stored, f.name)
+                if f.name in self.explicit and mine != theirs:
+                    raise InputError(f"--resume continues {out} with its own settings: {f.name} is {theirs!r} there, "
+                                     f"{mine!r} here; start a new run (--init {out}) to change it")
+            self.cfg = replace(stored, **session)
+            if "steps" not in self.explicit:
+                self.cfg.steps = stored.steps
+            if self.cfg.init and "init" in self.explicit:
+                raise InputError("--init starts a new run; it cannot be combined with resuming an existing one")
+            self.cfg.init = stored.init
+            self.resume_from = ckpt
+        self.out = out
+
+    @property
+    def explicit(self) -> set[str]:
+        return getattr(self, "_explicit", set())
+
+    def _source(self, cfg: TrainConfig):
+        from vcomp.train.data import FolderSource, WorldSource
+
+        if cfg.data == "world":
+            return WorldSource(seed=cfg.seed, length=cfg.world_clips or 10**12, cache_dir=cfg.cache,
+                               user_path_prob=cfg.user_path_prob)
+        window = max(v for v, _ in parse_curriculum(cfg.frames_curriculum, cfg.steps, 16))
+        return FolderSource(cfg.data, frames=window, stride=cfg.stride, cache_dir=cfg.cache)
+
+    def _build(self) -> None:
+        from vcomp.model import create_model, get_config
+        from vcomp.model.adapters import get_adapter
+        from vcomp.model.autoencoder import PixelUnshuffleAutoencoder
+        from vcomp.model.config import ModelConfig
+        from vcomp.model.embedders import WordTextEncoder, build_vocab
+        from vcomp.model.loading import load_state_dict_strict
+
+        cfg = self.cfg
+        self.source = self._source(cfg)
+        ckpt = self.resume_from
+        init = load_init(cfg.init) if (cfg.init and ckpt is None) else None
+
+        if ckpt is not None:
+            base = ModelConfig.from_dict(ckpt.record["model"])
+            text_spec = dict(ckpt.record["text_encoder"])
+        elif init is not None:
+            base = ModelConfig.from_dict(init.model)
+            text_spec = dict(init.text_encoder)
+        else:
+            base = get_config(cfg.preset, **cfg.model)
+            need = self.source.max_tokens()
+            text_len = cfg.text_len or min(77, max(base.text_len, 8 * math.ceil(need / 8)))
+            base = replace(base, text_len=text_len)
+            text_spec = {"vocab": build_vocab(self.source.captions()), "dim": base.context_dim,
+                         "max_len": text_len, "depth": cfg.text_depth, "heads": cfg.text_heads}
+        if base.in_dim != 3 * base.latent_scale**2 or base.out_dim != base.in_dim:
+            raise InputError(f"vcomp train trains pixel-unshuffle latents (the tiny preset); {base.name!r} needs the "
+                             "SD VAE latent, which is not trained here")
+        self.base_cfg = base
+        self.model_cfg = replace(base, **TRAIN_DROPOUT_OFF)
+        self.adapter = get_adapter("tiny", style_dim=base.style_dim)
+        self.autoencoder = PixelUnshuffleAutoencoder(base.latent_scale)
+
+        torch.manual_seed(cfg.seed)
+        unet = create_model(self.model_cfg)
+        vocab = text_spec.pop("vocab")
+        text = WordTextEncoder(vocab, **text_spec)
+        if init is not None:
+            load_state_dict_strict(unet, init.unet, source=f"UNet weights of {init.source}")
+            load_state_dict_strict(text, init.text, source=f"text-encoder weights of {init.source}")
+            text = extend_vocab(text, build_vocab(self.source.captions(), words=())[4:])
+        self.model = Denoiser(unet, text).to(self.device)
+        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if ckpt is not None:
+            load_state_dict_strict(self.model, {k: v for k, v in ckpt.tensors.items() if not k.startswith("ema.")},
+                                   source=f"weights in {ckpt.path}")
+            load_state_dict_strict(self.ema_model, ckpt.weights("ema."), source=f"EMA weights in {ckpt.path}")
+
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            plain = p.ndim < 2 or name.endswith(("token_embedding.weight", "position_embedding")) or "rel_pos" in name
+            (no_decay if plain else decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+            **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))
+        if ckpt is not None:
+            self.optimizer.load_state_dict(ckpt.state["optimizer"])
+
+        if self.dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+        else:
+            self.ddp = self.model
+        self.scheduler = noise_scheduler()
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.clone()
+
+        size_default = 16 * base.latent_scale
+        if ckpt is not None:
+            sched = ckpt.record["schedule"]
+            stage2_at, frames, sizes = sched["stage2_at"], sched["frames"], sched["sizes"]
+        else:
+            stage2_at = {"1": 10**15, "2": 0}.get(cfg.stage)
+            if cfg.stage not in ("1", "2", "both"):
+                raise InputError(f"--stage must be 1, 2 or both, got {cfg.stage!r}")
+            if stage2_at is None:
+                stage2_at = cfg.stage2_at if cfg.stage2_at is not None else int(round(0.3 * cfg.steps))
+            frames = curriculum_text(parse_curriculum(cfg.frames_curriculum, cfg.steps, 16))
+            sizes = curriculum_text(parse_curriculum(cfg.size_curriculum, cfg.steps, size_default))
+        cell = base.latent_scale * 2 ** (len(base.dim_mult) - 1)
+        for s, _ in parse_curriculum(sizes, cfg.steps, size_default):
+            if s % cell or s < cell:
+                raise InputError(f"frame size {s} must be a multiple of {cell} px for this model")
+        for n, _ in parse_curriculum(frames, cfg.steps, 16):
+            if n < 2:
+                raise InputError(f"clips need at least 2 frames (got {n})")
+        self.schedule = Schedule(cfg.steps, int(stage2_at), parse_curriculum(frames, cfg.steps, 16),
+                                 parse_curriculum(sizes, cfg.steps, size_default), cfg.lr, cfg.warmup,
+                                 cfg.lr_schedule, cfg.min_lr_ratio)
+        if cfg.lr_schedule not in ("constant", "cosine"):
+            raise InputError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
+        self.schedule_record = {"stage2_at": int(stage2_at), "frames": frames, "sizes": sizes}
+        self.dropout = DropoutConfig(**cfg.dropout)
+        self.start_step = ckpt.step if ckpt is not None else 0
+        self.record = copy.deepcopy(ckpt.record) if ckpt is not None else {}
+        self.loss_ema = ckpt.state.get("loss_ema") if ckpt is not None else None
+        self.dataset = TrainDataset(self.source, self.adapter)
+
+    # ------------------------------------------------------------ one step
+
+    def requests(self, step: int):
+        s = self.schedule
+        return plan_step(self.cfg.seed, step, self.rank, self.world_size, self.cfg.batch, self.source,
+                         s.frames_at(step), s.size_at(step), s.stage(step) == 2)
+
+    def _inputs(self, batch: dict, stage: int, generator: torch.Generator, dropout: DropoutConfig | None):
+        """(x0 latent, captions, style, conditions, drop) for a batch, with dropout applied."""
+        dev = self.device
+        latent = self.autoencoder.encode(batch["video"].to(dev, non_blocking=True))
+        b = latent.shape[0]
+        conditions = {k: v.to(dev, non_blocking=True) for k, v in batch.get("conditions", {}).items()} \
+            if stage == 2 else {}
+        names = [n for n in self.base_cfg.conditions if n in conditions]
+        style = batch.get("style") if stage == 2 else None
+        captions = list(batch["caption"])
+        drop = None
+        if dropout is not None:
+            keep = sample_keep(b, names + ["style"], stage, dropout, generator)
+            captions = drop_captions(captions, keep["text"])
+            if stage == 2:
+                drop = {n: keep[n].float().to(dev) for n in names}
+                with_token = bool(torch.rand((), generator=generator) < dropout.p_style_token)
+                style = style * keep["style"].view(-1, 1, 1).to(style.dtype) if (with_token and style is not None) \
+                    else None
+        if style is not None:
+            style = style.to(dev)
+        ids = self.model.text.tokenize(captions)[0].to(dev)
+        return latent, ids, style, conditions, drop
+
+    def _autocast(self):
+        import contextlib
+
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def train_step(self, step: int, batch: dict) -> dict:
+        cfg, dev = self.cfg, self.device
+        stage = self.schedule.stage(step)
+        g = torch.Generator().manual_seed(mix_seed(cfg.seed, 23, step, self.rank))
+        latent, ids, style, conditions, drop = self._inputs(batch, stage, g, self.dropout)
+        b = latent.shape[0]
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=g)
+        noise = torch.randn(latent.shape, generator=g).to(dev)
+        x_t = self.scheduler.add_noise(latent, noise, t.to(dev))
+        self.ddp.train()
+        with self._autocast():
+            eps = self.ddp(x_t, t.to(dev), ids, style, conditions or None, drop)
+        per_sample = (eps.float() - noise).pow(2).mean(dim=tuple(range(1, eps.ndim)))
+        weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma).to(dev)
+        loss = (per_sample * weights).mean()
+
+        lr = self.schedule.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+        self.optimizer.step()
+        ema_update(self.ema_model, self.model, min(cfg.ema, (1 + step) / (10 + step)))
+        return {"loss": float(loss.detach()), "mse": float(per_sample.detach().mean()),
+                "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr, "stage": stage,
+                "frames": latent.shape[2], "size": int(batch["video"].shape[-1])}
+
+    @torch.no_grad()
+    def fixed_loss(self, model: nn.Module, batch: dict, stage: int, seed: int = 1234) -> float:
+        """Plain eps MSE of `model` on `batch` at fixed, evenly spread timesteps and fixed noise,
+        every condition given, no dropout (a low-variance number to compare checkpoints with)."""
+        g = torch.Generator().manual_seed(seed)
+        latent, ids, style, conditions, _ = self._inputs(batch, stage, g, None)
+        b = latent.shape[0]
+        n = self.scheduler.config.num_train_timesteps
+        t = ((torch.arange(b) + 0.5) * n / b).long().clamp(0, n - 1)
+        noise = torch.randn(latent.shape, generator=g).to(self.device)
+        x_t = self.scheduler.add_noise(latent, noise, t.to(self.device))
+        was = model.training
+        model.eval()
+        with self._autocast():
+            eps = model(x_t, t.to(self.device), ids, style, conditions or None, None)
+        model.train(was)
+        return float((eps.float() - noise).pow(2).mean())
+
+    def eval_batch(self, step: int, size: int = 8) -> dict:
+        """A fixed batch for `fixed_loss`: held-out world clips (or the folder's first clips) at the
+        step's frames and size."""
+        from vcomp.train.data import Request, WorldSource
+
+        s = self.schedule
+        source = WorldSource(seed=self.cfg.seed, split="heldout", user_path_prob=0.0) if self.cfg.data == "world" \
+            else self.source
+        data = TrainDataset(source, self.adapter)
+        n = min(size, len(source))
+        reqs = [Request(i, mix_seed(self.cfg.seed, 99, i), s.frames_at(step), s.size_at(step), s.stage(step) == 2)
+                for i in range(n)]
+        return collate([data[r] for r in reqs])
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _state(self, step: int) -> dict:
+        state = {"step": step, "optimizer": self.optimizer.state_dict(), "loss_ema": self.loss_ema,
+                 "rng": {"torch": torch.get_rng_state()}}
+        if self.device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _record(self, step: int, session: dict) -> dict:
+        rec = self.record
+        sessions = [s for s in rec.get("sessions", []) if s.get("id") != session["id"]] + [session]
+        wall = sum(s.get("wall_s", 0.0) for s in sessions)
+        text = self.model.text
+        return {
+            "format": FORMAT, "step": step, "stage": self.schedule.stage(max(0, step - 1)),
+            "config": self.cfg.to_dict(), "schedule": self.schedule_record, "model": self.base_cfg.to_dict(),
+            "text_encoder": {"vocab": list(text.vocab), **text.config()}, "data": self.source.describe(),
+            "seed": self.cfg.seed, "world_size": self.world_size, "loss_ema": self.loss_ema,
+            "recent": self.recent[-50:], "evals": (rec.get("evals", []) + self.evals)[-200:],
+            "wall_time_s": round(wall, 1), "sessions": sessions,
+            "parameters": {"unet": sum(p.numel() for p in self.model.unet.parameters()),
+                           "text": sum(p.numel() for p in self.model.text.parameters())},
+            "updated": _now(),
+        }
+
+    def save(self, step: int, session: dict) -> Path:
+        tensors = prefixed("", self.model.state_dict())
+        tensors.update(prefixed("ema.", self.ema_model.state_dict()))
+        record = self._record(step, session)
+        path = save_checkpoint(self.out, tensors, self._state(step), record)
+        self.on_event("checkpoint", {"step": step, "path": str(path)})
+        return path
+
+    def export(self, path: str | os.PathLike, step: int, session: dict) -> tuple[Path, Path]:
+        """The EMA weights in the embedded-model format (`vcomp.weights.embedded`)."""
+        from vcomp.model import create_model
+        from vcomp.model.loading import load_state_dict_strict
+        from vcomp.weights.embedded import save_embedded
+
+        unet = load_state_dict_strict(create_model(self.base_cfg, device="meta"),
+                                      {k: v.detach().cpu() for k, v in self.ema_model.unet.state_dict().items()},
+                                      source="EMA UNet weights")
+        text = copy.deepcopy(self.ema_model.text).cpu()
+        rec = self._record(step, session)
+        training = {
+            "trainer": FORMAT, "weights": "EMA", "ema_decay": self.cfg.ema, "steps": step,
+            "stage2_at": self.schedule.stage2_at, "schedule": self.schedule_record, "seed": self.cfg.seed,
+            "command": rec["sessions"][0].get("command") if rec["sessions"] else None,
+            "commands": [s.get("command") for s in rec["sessions"]], "wall_time_s": rec["wall_time_s"],
+            "hardware": [s.get("hardware") for s in rec["sessions"]][-1], "world_size": self.world_size,
+            "data": rec["data"], "config": rec["config"], "loss_ema": self.loss_ema,
+            "evals": rec["evals"][-20:], "exported": _now(),
+        }
+        paths = save_embedded(path, unet, text, training=training)
+        self.on_event("export", {"step": step, "path": str(Path(path))})
+        return paths
+
+    # ------------------------------------------------------------ the loop
+
+    def _loader(self, start: int, stop: int):
+        sampler = StepSampler(self.requests, start, stop)
+        workers = max(0, int(self.cfg.workers))
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+            worker_init_fn=worker_init if workers else None, persistent_workers=False,
+            prefetch_factor=2 if workers else None, pin_memory=self.device.type == "cuda")
+
+    def _stop_everywhere(self, stop: bool) -> bool:
+        if self.dist is None:
+            return stop
+        flag = torch.tensor([1.0 if stop else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        self.dist.all_reduce(flag, op=self.dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+    def _mean_everywhere(self, value: float) -> float:
+        if self.dist is None:
+            return value
+        v = torch.tensor([value], device=self.device if self.device.type == "cuda" else "cpu")
+        self.dist.all_reduce(v)
+        return float(v.item()) / self.world_size
+
+    def setup(self, explicit: set[str] | None = None) -> Trainer:
+        """Device, threads, process group, resume or fresh config, model, optimiser, data.
+        `explicit`: config fields the user set (a resumed run refuses to change the others)."""
+        self._explicit = set(explicit or ())
+        self._device()
+        self._threads()
+        self._distributed()
+        self._resolve_config()
+        self._build()
+        self._ready = True
+        return self
+
+    def run(self, explicit: set[str] | None = None) -> dict:
+        """Train until `steps`, `max_minutes` or `session_steps`; checkpoint; export if asked."""
+        if not getattr(self, "_ready", False):
+            self.setup(explicit)
+        cfg, schedule = self.cfg, self.schedule
+        main = self.rank == 0
+        start, total = self.start_step, cfg.steps
+        stop_at = total if cfg.session_steps is None else min(total, start + int(cfg.session_steps))
+        session = {"id": f"{_now()}#{start}", "command": cfg.command or None, "argv": list(sys.argv), "started": _now(),
+                   "start_step": start, "end_step": start, "wall_s": 0.0, "world_size": self.world_size,
+                   "hardware": hardware(self.device)}
+        self.recent, self.evals = list(self.record.get("recent", [])), []
+        t_start = time.perf_counter()
+        info = {"start_step": start, "steps": total, "stop_at": stop_at, "resumed": self.resume_from is not None,
+                "out": str(self.out), "device": str(self.device), "world_size": self.world_size,
+                "parameters": self._record(start, session)["parameters"], "data": self.source.describe(),
+                "stage2_at": schedule.stage2_at, "frames": self.schedule_record["frames"],
+                "sizes": self.schedule_record["sizes"], "rank": self.rank}
+        self.on_event("start", info)
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+        step, reason = start, "done"
+        window_t, window_n, wait_total = time.perf_counter(), 0, 0.0
+        last_ckpt = start
+        try:
+            t_fetch = time.perf_counter()
+            for batch in self._loader(start, stop_at):
+                wait_total += time.perf_counter() - t_fetch
+                out = self.train_step(step, batch)
+                step += 1
+                window_n += 1
+                self.loss_ema = out["loss"] if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * out["loss"]
+                now = time.perf_counter()
+                elapsed = now - t_start
+                s_per_step = elapsed / (step - start)
+                self.on_event("step", {"step": step, "steps": total, "loss": out["loss"], "loss_ema": self.loss_ema,
+                                       "it_s": 1.0 / s_per_step, "stage": out["stage"], "frames": out["frames"],
+                                       "size": out["size"], "lr": out["lr"]})
+                if step % cfg.log_every == 0 or step == stop_at:
+                    loss = self._mean_everywhere(out["loss"])
+                    entry = {"step": step, "stage": out["stage"], "loss": round(loss, 6),
+                             "loss_ema": round(self.loss_ema, 6), "mse": round(out["mse"], 6),
+                             "grad_norm": out["grad_norm"] and round(out["grad_norm"], 4), "lr": out["lr"],
+                             "frames": out["frames"], "size": out["size"],
+                             "s_per_step": round((now - window_t) / max(1, window_n), 4),
+                             "data_wait_s": round(wait_total / max(1, step - start), 4),
+                             "elapsed_s": round(elapsed, 1), "time": _now()}
+                    window_t, window_n = now, 0
+                    self.recent.append(entry)
+                    if main:
+                        append_log(self.out, entry)
+                    self.on_event("log", entry)
+                if cfg.eval_every and step % cfg.eval_every == 0:
+                    batch_eval = self.eval_batch(step - 1)
+                    value = self._mean_everywhere(self.fixed_loss(self.ema_model, batch_eval, schedule.stage(step - 1)))
+                    entry = {"step": step, "eval_mse_ema": round(value, 6), "stage": schedule.stage(step - 1)}
+                    self.evals.append(entry)
+                    if main:
+                        append_log(self.out, entry)
+                    self.on_event("eval", entry)
+                session.update(end_step=step, wall_s=round(time.perf_counter() - t_start, 1))
+                timed_out = cfg.max_minutes is not None and elapsed >= 60.0 * cfg.max_minutes
+                if self._stop_everywhere(timed_out and step < stop_at):
+                    reason = "max-minutes"
+                    break
+                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < stop_at:
+                    if main:
+                        self.save(step, session)
+                    last_ckpt = step
+                t_fetch = time.perf_counter()
+            if step < total and reason == "done":
+                reason = "session-steps"
+        except KeyboardInterrupt:
+            session.update(end_step=step, wall_s=round(time.perf_counter() - t_start, 1))
+            if main and step > last_ckpt:
+                self.save(step, session)
+            raise
+        session.update(end_step=step, wall_s=round(time.perf_counter() - t_start, 1))
+        path = self.save(step, session) if main else None
+        exported = None
+        if main and cfg.export:
+            exported = [str(p) for p in self.export(cfg.export, step, session)]
+        if self.dist is not None:
+            self.dist.barrier()
+        summary = {"step": step, "steps": total, "stopped": reason, "loss_ema": self.loss_ema,
+                   "wall_s": session["wall_s"],
+                   "s_per_step": round(session["wall_s"] / max(1, step - start), 4),
+                   "checkpoint": str(path) if path else None, "exported": exported, "out": str(self.out),
+                   "world_size": self.world_size, "device": str(self.device), "last": self.recent[-1] if self.recent else None}
+        self.on_event("end", summary)
+        return summary
+
+    def close(self) -> None:
+        if self.dist is not None and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, on_event: Event | None = None, explicit: set[str] | None = None) -> dict:
+    """Run `cfg` to the end of this session (see `Trainer.run`)."""
+    trainer = Trainer(cfg, on_event)
+    try:
+        return trainer.run(explicit)
+    finally:
+        trainer.close()
