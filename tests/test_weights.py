@@ -123,12 +123,17 @@ def test_embedded_roundtrip_and_tampering(tmp_path):
     from vcomp.weights.embedded import load_embedded, random_embedded, save_embedded
 
     emb = random_embedded(seed=1)
+    save_embedded(tmp_path / "fp32", emb.unet, emb.text_encoder, dtype=torch.float32)
+    exact = load_embedded(tmp_path / "fp32")
     weights_path, config_path = save_embedded(tmp_path, emb.unet, emb.text_encoder, training={"steps": 0})
-    loaded = load_embedded(tmp_path)
+    loaded = load_embedded(tmp_path)  # stored fp16 (the default), computed in fp32
     assert loaded.record["training"] == {"steps": 0} and loaded.source == str(weights_path)
-    for a, b in ((emb.unet, loaded.unet), (emb.text_encoder, loaded.text_encoder)):
-        for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-            assert k == k2 and torch.equal(v, v2)
+    assert weights_path.stat().st_size < 0.6 * (tmp_path / "fp32" / weights_path.name).stat().st_size
+    for a, b, c in ((emb.unet, loaded.unet, exact.unet), (emb.text_encoder, loaded.text_encoder, exact.text_encoder)):
+        for (k, v), (k2, v2), (_, v3) in zip(a.state_dict().items(), b.state_dict().items(), c.state_dict().items(),
+                                             strict=True):
+            assert k == k2 and v2.dtype == torch.float32
+            assert torch.equal(v, v3) and torch.equal(v.half().float(), v2)
     assert loaded.text_encoder.vocab == emb.text_encoder.vocab
 
     tensors = st_load(str(weights_path))

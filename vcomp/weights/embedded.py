@@ -73,8 +73,12 @@ def random_embedded(seed: int = 0, vocab=None, preset: str = "tiny") -> Embedded
 
 
 def save_embedded(folder: str | os.PathLike, unet, text_encoder, training: dict | None = None,
-                  autoencoder: dict | None = None, style: dict | None = None) -> tuple[Path, Path]:
-    """Write `embedded.safetensors` + `embedded.json` into `folder` (atomically, each)."""
+                  autoencoder: dict | None = None, style: dict | None = None,
+                  dtype: torch.dtype = torch.float16) -> tuple[Path, Path]:
+    """Write `embedded.safetensors` + `embedded.json` into `folder` (atomically, each).
+
+    Floating tensors are stored as `dtype` (fp16 by default: half the size in the wheel and in
+    git history); `load_embedded` computes in fp32 whatever the stored precision."""
     from safetensors.torch import save_file
 
     from vcomp.io import atomic_file, write_json
@@ -83,8 +87,12 @@ def save_embedded(folder: str | os.PathLike, unet, text_encoder, training: dict 
     folder.mkdir(parents=True, exist_ok=True)
     weights_path, config_path = embedded_paths(folder)
     cfg = unet.cfg
-    tensors = {f"unet.{k}": v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
-    tensors.update({f"text.{k}": v.detach().cpu().contiguous() for k, v in text_encoder.state_dict().items()})
+    def stored(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().cpu()
+        return (v.to(dtype) if v.is_floating_point() else v).contiguous()
+
+    tensors = {f"unet.{k}": stored(v) for k, v in unet.state_dict().items()}
+    tensors.update({f"text.{k}": stored(v) for k, v in text_encoder.state_dict().items()})
     record = {
         "format": FORMAT,
         "model": cfg.to_dict(),
@@ -127,7 +135,8 @@ def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.d
         text = WordTextEncoder(vocab, **text_spec)
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"{config_path}: bad model description ({exc})") from None
-    sd = load_state_dict(weights_path, what="embedded model")
+    sd = {k: v.float() if v.is_floating_point() else v
+          for k, v in load_state_dict(weights_path, what="embedded model").items()}
     unet = load_state_dict_strict(create_model(cfg, device="meta"),
                                   {k[5:]: v for k, v in sd.items() if k.startswith("unet.")},
                                   source=f"UNet weights in {weights_path}")
