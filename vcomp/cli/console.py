@@ -34,12 +34,8 @@ def print_json(obj) -> None:
     sys.stdout.flush()
 
 
-@contextlib.contextmanager
-def progress(description: str) -> Iterator[Callable[[int, int | None], None]]:
-    """Yield `update(done, total)`; renders a Rich bar when interactive, nothing otherwise."""
-    if not interactive():
-        yield lambda done, total=None: None
-        return
+def progress_bar(*extra_columns, transient: bool = True):
+    """vcomp's Rich progress bar on stderr: description, bar, n/total, `extra_columns`, times."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -49,8 +45,17 @@ def progress(description: str) -> Iterator[Callable[[int, int | None], None]]:
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=transient)
+
+
+@contextlib.contextmanager
+def progress(description: str) -> Iterator[Callable[[int, int | None], None]]:
+    """Yield `update(done, total)`; renders a Rich bar when interactive, nothing otherwise."""
+    if not interactive():
+        yield lambda done, total=None: None
+        return
+    with progress_bar() as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int | None = None) -> None:

@@ -131,18 +131,10 @@ class _Progress:
 
     def __enter__(self):
         if self.show:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import TextColumn
 
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=console.err, transient=False)
+            self.bar = console.progress_bar(TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+                                            transient=False)
             self.bar.__enter__()
         return self
 
