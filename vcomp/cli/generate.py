@@ -32,6 +32,9 @@ JSON = typer.Option(False, "--json", help="Print one JSON object (the sidecar re
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress, logs or warnings on stderr.")
 IMAGE = typer.Option(None, "--image", help="Appearance image (first frame / local image condition).")
 STYLE = typer.Option(None, "--style", help="Style image: its look (colours) guides the video.")
+SOURCE = typer.Argument(..., help="Source video.", show_default=False)
+NO_MOTION = typer.Option(False, "--no-motion", help="Do not condition on SRC's motion.")
+STRUCTURE = typer.Option("depth", "--structure", help="depth, sketch or depth,sketch.")
 
 
 # name, type, option: appended to every generating command's own parameters
@@ -123,11 +126,11 @@ def motion_transfer(
 
 @generating_command("inpaint")
 def inpaint(
-    src: Path = typer.Argument(..., help="Source video.", show_default=False),
+    src: Path = SOURCE,
     prompt: str = typer.Option(..., "--prompt", "-p", help="What the masked region becomes.", show_default=False),
     mask: Path = typer.Option(None, "--mask", help="Mask video or image, white = regenerate; any size or length (resampled)."),
     box: str = typer.Option(None, "--box", help="Region to regenerate as x,y,w,h in relative coordinates, instead of --mask."),
-    no_motion: bool = typer.Option(False, "--no-motion", help="Do not condition on SRC's motion."),
+    no_motion: bool = NO_MOTION,
 ) -> dict:
     """Regenerate the masked region of SRC from the prompt; everything outside the mask is kept."""
     return dict(src=src, prompt=prompt, mask=mask, box=box, no_motion=no_motion)
@@ -135,10 +138,10 @@ def inpaint(
 
 @generating_command("translate")
 def translate(
-    src: Path = typer.Argument(..., help="Source video.", show_default=False),
+    src: Path = SOURCE,
     prompt: str = typer.Option(..., "--prompt", "-p", help="The new appearance.", show_default=False),
-    structure: str = typer.Option("depth", "--structure", help="depth, sketch or depth,sketch."),
-    no_motion: bool = typer.Option(False, "--no-motion", help="Do not condition on SRC's motion."),
+    structure: str = STRUCTURE,
+    no_motion: bool = NO_MOTION,
 ) -> dict:
     """Same structure and motion as SRC, new appearance from the prompt."""
     return dict(src=src, prompt=prompt, structure=structure, no_motion=no_motion)
@@ -146,10 +149,10 @@ def translate(
 
 @generating_command("stylize", skip=("conditions",))
 def stylize(
-    src: Path = typer.Argument(..., help="Source video.", show_default=False),
+    src: Path = SOURCE,
     style: Path = typer.Option(..., "--style", help="Style image.", show_default=False),
     prompt: str = typer.Option("", "--prompt", "-p", help="Optional text."),
-    structure: str = typer.Option("depth", "--structure", help="depth, sketch or depth,sketch."),
+    structure: str = STRUCTURE,
 ) -> dict:
     """SRC's structure in the style image's look."""
     return dict(src=src, style=style, prompt=prompt, structure=structure)
