@@ -77,8 +77,9 @@ def batch(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON report (every job's status, outputs, error, time; the counts) on stdout at the end."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failures on stderr: no progress, ok lines, warnings or summary."),
 ) -> None:
-    """Run many generate/extract jobs from a JSON-lines file with one loaded model; each job is
-    reported as it ends, a failed job never stops the others and leaves no output."""
+    """Run many generate/extract jobs from a JSON-lines file with one loaded model.
+
+    Each job is reported as it ends; a failed job never stops the others and leaves no output."""
     from vcomp import batch as b
     from vcomp.errors import BatchError
 

@@ -35,9 +35,10 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (metrics, per-scene results, timings, all_passed) on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or log output."),
 ) -> None:
-    """Generate from held-out world scenes with each condition and score the results: colour,
-    shape and direction of the object, motion-control error, depth/sketch adherence, inpainting
-    PSNR and colour, style colour, frame consistency; with the targets they must meet."""
+    """Measure how well the model follows each condition, on held-out world scenes.
+
+    Scores colour, shape and direction of the object, motion-control error, depth/sketch adherence,
+    inpainting PSNR and colour, style colour and frame consistency, against the targets they must meet."""
     from vcomp import api
     from vcomp.errors import InputError
     from vcomp.evaluation.suite import parse_tasks, run_world_suite

@@ -19,8 +19,9 @@ def models(
     weights: Path = typer.Option(None, "--weights", help="Folder with the published weight files. Default: $VCOMP_HOME or ~/.cache/vcomp."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """List the model files vcomp looks for: found or missing, path, size, and which preset and
-    extractors will be used. Never downloads anything; safe to run with no weights at all."""
+    """List the model files vcomp looks for and which model and extractors will be used.
+
+    Found or missing, path and size of each file. Never downloads anything; safe to run with no weights."""
     from vcomp.weights import format_size, inventory
 
     report = inventory(weights)

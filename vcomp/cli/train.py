@@ -70,8 +70,10 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout at the end."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
-    """Train the embedded model: stage 1 text-to-video, stage 2 compositional (condition dropout),
-    eps-prediction MSE, AdamW + EMA, checkpoints you can --resume, optional --export."""
+    """Train (or fine-tune) the embedded model; resumable, CPU or CUDA, torchrun-ready.
+
+    Stage 1 text-to-video, stage 2 compositional (condition dropout), eps-prediction MSE, AdamW + EMA,
+    checkpoints you can --resume, optional --export."""
     options = dict(locals())
     import os
 
