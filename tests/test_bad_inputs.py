@@ -29,10 +29,8 @@ PROMPT = "a red circle"
 
 
 @pytest.fixture(autouse=True)
-def random_model(monkeypatch, tmp_path_factory):
+def random_model(monkeypatch):
     monkeypatch.setenv("VCOMP_ALLOW_RANDOM", "1")
-    monkeypatch.setenv("VCOMP_HOME", str(tmp_path_factory.mktemp("no-weights")))  # no official files
-    monkeypatch.delenv("VCOMP_ASSETS", raising=False)
     monkeypatch.delenv("VCOMP_DEBUG", raising=False)
 
 

@@ -22,10 +22,8 @@ FAST = {"steps": 1, "frames": 2, "size": "32x32", "preview": False}
 
 
 @pytest.fixture(autouse=True)
-def random_model(monkeypatch, tmp_path_factory):
+def random_model(monkeypatch):
     monkeypatch.setenv("VCOMP_ALLOW_RANDOM", "1")
-    monkeypatch.setenv("VCOMP_HOME", str(tmp_path_factory.mktemp("no-weights")))
-    monkeypatch.delenv("VCOMP_ASSETS", raising=False)
 
 
 @pytest.fixture(autouse=True, scope="module")
