@@ -138,13 +138,29 @@ def test_load_errors(tmp_path, monkeypatch):
 def test_pipeline_loads_a_saved_embedded_model(tmp_path, pipe):
     from vcomp.weights.embedded import save_embedded
 
-    save_embedded(tmp_path, pipe.unet, pipe.text_encoder, training={"note": "test"})
+    # fp32 storage: the loaded model is the saved one, bit for bit
+    save_embedded(tmp_path, pipe.unet, pipe.text_encoder, training={"note": "test"}, dtype=torch.float32)
     loaded = Pipeline.load(assets=tmp_path, device="cpu", allow_random=False)
     assert loaded.weights["embedded"].endswith("embedded.safetensors")
     cs = make_conditions(mask=None)
     a = pipe.generate(cs, "a red circle", steps=1, size=(S, S), seed=2).frames
     b = loaded.generate(cs, "a red circle", steps=1, size=(S, S), seed=2).frames
     assert np.array_equal(a, b)
+
+
+def test_embedded_model_is_stored_in_fp16_and_computed_in_fp32(tmp_path, pipe):
+    from safetensors.torch import load_file
+
+    from vcomp.weights.embedded import save_embedded
+
+    weights, _ = save_embedded(tmp_path, pipe.unet, pipe.text_encoder)  # the shipped default: fp16
+    stored = load_file(str(weights))
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    loaded = Pipeline.load(assets=tmp_path, device="cpu", allow_random=False)
+    for name, p in loaded.unet.state_dict().items():
+        if p.is_floating_point():
+            assert p.dtype == torch.float32
+            assert torch.equal(p, pipe.unet.state_dict()[name].half().float()), name
 
 
 # ---------------------------------------------------------------- adapters
