@@ -126,15 +126,18 @@ def test_world_items_use_the_inference_adapter():
 
 
 def test_loss_goes_down(tmp_path):
-    cfg = micro(tmp_path / "run", stage="1", steps=40, lr=3e-3, batch=4, world_clips=8)
+    cfg = micro(tmp_path / "run", stage="1", steps=60, lr=3e-3, batch=4, world_clips=8)
     trainer = Trainer(cfg).setup()
     fixed = collate([trainer.dataset[r] for r in trainer.requests(0)])
     before = trainer.fixed_loss(trainer.model, fixed, stage=1)
     for step, batch in enumerate(trainer._loader(0, cfg.steps)):
         trainer.train_step(step, batch)
     after = trainer.fixed_loss(trainer.model, fixed, stage=1)
-    assert before == pytest.approx(1.0, abs=0.1)  # eps = 0 at initialisation (zero output conv)
-    assert after < 0.88 * before
+    # v = 0 at initialisation (zero output conv), so eps = sqrt(1 - ab) x_t: the noise at high t,
+    # nothing at low t; evenly spread timesteps give an eps MSE well under eps = 0's 1.0
+    assert trainer.model_cfg.prediction == "v"
+    assert 0.1 < before < 0.6
+    assert after < 0.92 * before  # measured: 0.29 -> 0.26 (v learns the hard part; the pass-through is free)
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):

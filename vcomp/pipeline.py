@@ -275,9 +275,9 @@ class Pipeline:
         with torch.inference_mode():
             cond = Branch(context_c, style_c, feats_c)
             uncond = Branch(context_u, style_u, feats_u) if float(guidance) != 1.0 else None
-            eps_fn = make_eps_fn(unet, cond, uncond, float(guidance), self.autocast_dtype)
-            noise = get_noise((1, ae.latent_channels, frames, h, w), seed, dev)
             scheduler = get_scheduler(int(steps), device=dev)
+            eps_fn = make_eps_fn(unet, cond, uncond, float(guidance), self.autocast_dtype, scheduler.alphas_cumprod)
+            noise = get_noise((1, ae.latent_channels, frames, h, w), seed, dev)
             known = hole = source = None
             if inputs.known is not None and keep_known != "none":
                 source, hole = inputs.known.to(dev), inputs.hole.to(dev)

@@ -66,13 +66,14 @@ def train(
     stride: int = typer.Option(None, "--stride", help="Folder data: take every K-th source frame. Default: about 8 fps."),
     text_len: int = typer.Option(None, "--text-len", help="Text tokens. Default: enough for the longest caption."),
     user_path_prob: float = typer.Option(None, "--user-path-prob", help="World, stage 2: fraction of clips whose depth and sketch come from the user-video extractors. Default: 0.25."),
+    prediction: str = typer.Option(None, "--prediction", help="What the UNet predicts: eps or v. Default: the preset's (v for tiny); with --init, overrides the initial model's (e.g. turn an eps model into a v model)."),
     model_json: str = typer.Option(None, "--model-json", hidden=True, help="ModelConfig overrides as JSON (experiments, tests)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout at the end."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Train (or fine-tune) the embedded model; resumable, CPU or CUDA, torchrun-ready.
 
-    Stage 1 text-to-video, stage 2 compositional (condition dropout), eps-prediction MSE, AdamW + EMA,
+    Stage 1 text-to-video, stage 2 compositional (condition dropout), v- or eps-prediction MSE, AdamW + EMA,
     checkpoints you can --resume, optional --export."""
     options = dict(locals())
     import os
@@ -91,6 +92,10 @@ def train(
         except json.JSONDecodeError as exc:
             raise InputError(f"--model-json is not valid JSON ({exc})") from None
         given["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    if prediction is not None:
+        if prediction not in ("eps", "v"):
+            raise InputError(f"--prediction must be eps or v, got {prediction!r}")
+        given["model"] = {**given.get("model", {}), "prediction": prediction}
     if "data" in given and given["data"] != "world" and not Path(given["data"]).expanduser().is_dir():
         raise InputError(f"--data {given['data']}: give 'world' or an existing folder of videos")
     cfg = TrainConfig(**given, resume=resume, command=_command_line(options))

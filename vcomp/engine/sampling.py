@@ -5,6 +5,8 @@
     eps_fn = make_eps_fn(model, cond, uncond, guidance=9.0)   # cond + uncond in ONE batch per step
     x = denoise(eps_fn, x, scheduler, eta=0.0, callback=cb)   # -> clean latent
 
+A model may predict eps or v (`ModelConfig.prediction`); `make_eps_fn` always returns eps.
+
 Scheduler (`SCHEDULER_CONFIG`): 1000 training steps, "scaled_linear" betas 0.00085..0.012 (the
 published `linear_sd` schedule), epsilon prediction, no sample clipping, `set_alpha_to_one=False`
 (the last step lands on alpha_bar[0], as published) and `steps_offset=1` with "leading" spacing,
@@ -102,14 +104,19 @@ def stack_branches(uncond: Branch, cond: Branch) -> Branch:
 
 
 def make_eps_fn(model: torch.nn.Module, cond: Branch, uncond: Branch | None = None, guidance: float = DEFAULT_GUIDANCE,
-                autocast_dtype: torch.dtype | None = None) -> EpsFn:
+                autocast_dtype: torch.dtype | None = None, alphas_cumprod: torch.Tensor | None = None) -> EpsFn:
     """`eps_fn(x, t)` for `denoise`: the guided noise prediction for latent x [B, ...].
 
     With `uncond`, x is doubled and both branches run as one batch (one model call per step);
     without it (or when the caller decided guidance is not needed) only the conditional pass runs.
     `autocast_dtype` (CUDA): run the model under `torch.autocast` in that dtype.
+    A model whose config predicts "v" is converted to eps with `alphas_cumprod` (default: the
+    sampler's schedule); see `vcomp.engine.parameterization`.
     """
+    from vcomp.engine.parameterization import to_eps
+
     branch = stack_branches(uncond, cond) if uncond is not None else cond
+    kind = getattr(getattr(model, "cfg", None), "prediction", "eps")
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = 2 if uncond is not None else 1
@@ -119,7 +126,7 @@ def make_eps_fn(model: torch.nn.Module, cond: Branch, uncond: Branch | None = No
                else contextlib.nullcontext())
         with ctx:
             eps = model(x_in, t_in, context=branch.context, style=branch.style, cond_features=branch.cond_features)
-        eps = eps.float()
+        eps = to_eps(eps.float(), x_in, t_in, kind, alphas_cumprod)
         if n == 1:
             return eps
         eps_uncond, eps_cond = eps.chunk(2)

@@ -108,6 +108,7 @@ class InitWeights:
     model: dict  # ModelConfig.to_dict()
     text_encoder: dict  # {"vocab", "dim", "max_len", "depth", "heads"}
     source: str
+    history: dict = field(default_factory=dict)  # how these weights were trained (kept in exports: lineage)
 
 
 def load_init(path: str | os.PathLike) -> InitWeights:
@@ -119,8 +120,12 @@ def load_init(path: str | os.PathLike) -> InitWeights:
         ckpt = load_checkpoint(path, with_state=False)
         rec = ckpt.record
         prefix = "ema." if any(k.startswith("ema.") for k in ckpt.tensors) else ""
+        history = {"steps": ckpt.step, "commands": [s.get("command") for s in rec.get("sessions", [])],
+                   "wall_time_s": rec.get("wall_time_s"), "config": rec.get("config"),
+                   "init": rec.get("init_history")}
         return InitWeights(ckpt.weights(prefix + "unet."), ckpt.weights(prefix + "text."), rec["model"],
-                           rec["text_encoder"], f"{ckpt.path} ({'EMA' if prefix else 'raw'} weights, step {ckpt.step})")
+                           rec["text_encoder"], f"{ckpt.path} ({'EMA' if prefix else 'raw'} weights, step {ckpt.step})",
+                           history)
     folder = path.parent if path.suffix in (".safetensors", ".json") else path
     weights_path, config_path = embedded_paths(folder)
     if weights_path.is_file() and config_path.is_file():
@@ -130,7 +135,7 @@ def load_init(path: str | os.PathLike) -> InitWeights:
         sd = load_state_dict(weights_path, what="embedded model")
         return InitWeights({k[5:]: v for k, v in sd.items() if k.startswith("unet.")},
                            {k[5:]: v for k, v in sd.items() if k.startswith("text.")},
-                           record["model"], record["text_encoder"], str(weights_path))
+                           record["model"], record["text_encoder"], str(weights_path), record.get("training", {}))
     raise InputError(f"--init {path}: neither a training run/checkpoint folder nor an embedded model "
                      "(embedded.safetensors + embedded.json)")
 

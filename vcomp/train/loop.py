@@ -8,7 +8,8 @@ Stage 2 (compositional): every condition the preset has (motion, depth, sketch, 
 first image, single sketch, style), built by the same `ConditionAdapter` the pipeline uses, with
 the paper's condition dropout (`vcomp.train.dropout`). `stage="both"` switches at `stage2_at`.
 
-Objective: eps-prediction MSE on x_t = diffusers `add_noise` under the sampler's own schedule
+Objective: MSE of the preset's prediction (eps, or v for the tiny preset: see
+`vcomp.engine.parameterization`) on x_t = diffusers `add_noise` under the sampler's own schedule
 (`vcomp.engine.sampling.SCHEDULER_CONFIG`: 1000 steps, scaled-linear 0.00085..0.012), t uniform,
 optionally weighted by min-SNR-gamma (w = min(SNR, gamma) / SNR). AdamW (no decay on biases,
 norms and embeddings), linear warm-up then constant or cosine learning rate, gradient clipping,
@@ -59,6 +60,7 @@ from vcomp.train.data import (
     plan_step,
     worker_init,
 )
+from vcomp.engine.parameterization import min_snr_weights, target, to_eps
 from vcomp.train.dropout import DropoutConfig, drop_captions, sample_keep
 
 Event = Callable[[str, dict], None]
@@ -231,15 +233,6 @@ def noise_scheduler():
     return DDIMScheduler(**SCHEDULER_CONFIG)
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
-    """Per-sample loss weights for eps-prediction: min(SNR, gamma) / SNR (ones without gamma)."""
-    if gamma is None:
-        return torch.ones(t.shape, dtype=torch.float32)
-    ab = alphas_cumprod[t.cpu()].float()
-    snr = ab / (1 - ab)
-    return torch.clamp(snr, max=gamma) / snr
-
-
 def extend_vocab(text: nn.Module, words: list[str]) -> nn.Module:
     """A text encoder with `words` appended to its vocabulary (new rows ~ N(0, 0.02))."""
     from vcomp.model.embedders import WordTextEncoder
@@ -371,12 +364,18 @@ class Trainer:
         self.source = self._source(cfg)
         ckpt = self.resume_from
         init = load_init(cfg.init) if (cfg.init and ckpt is None) else None
+        # lineage: how the --init weights were trained, carried into checkpoints and exports
+        self.init_history = {"source": str(cfg.init), **init.history} if init is not None else None
+        if ckpt is not None:
+            self.init_history = ckpt.record.get("init_history")
+            if self.init_history is None and cfg.init and Path(cfg.init).expanduser().exists():
+                self.init_history = {"source": str(cfg.init), **load_init(cfg.init).history}
 
         if ckpt is not None:
             base = ModelConfig.from_dict(ckpt.record["model"])
             text_spec = dict(ckpt.record["text_encoder"])
-        elif init is not None:
-            base = ModelConfig.from_dict(init.model)
+        elif init is not None:  # --model-json / --prediction override the initial model's config
+            base = replace(ModelConfig.from_dict(init.model), **cfg.model)
             text_spec = dict(init.text_encoder)
         else:
             base = get_config(cfg.preset, **cfg.model)
@@ -508,10 +507,12 @@ class Trainer:
         noise = torch.randn(latent.shape, generator=g).to(dev)
         x_t = self.scheduler.add_noise(latent, noise, t.to(dev))
         self.ddp.train()
+        kind = self.model_cfg.prediction
         with self._autocast():
-            eps = self.ddp(x_t, t.to(dev), ids, style, conditions or None, drop)
-        per_sample = (eps.float() - noise).pow(2).mean(dim=tuple(range(1, eps.ndim)))
-        weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma).to(dev)
+            pred = self.ddp(x_t, t.to(dev), ids, style, conditions or None, drop)
+        goal = target(latent, noise, t, kind, self.alphas_cumprod)
+        per_sample = (pred.float() - goal).pow(2).mean(dim=tuple(range(1, pred.ndim)))
+        weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma, kind).to(dev)
         loss = (per_sample * weights).mean()
 
         lr = self.schedule.lr_at(step)
@@ -540,9 +541,10 @@ class Trainer:
         was = model.training
         model.eval()
         with self._autocast():
-            eps = model(x_t, t.to(self.device), ids, style, conditions or None, None)
+            pred = model(x_t, t.to(self.device), ids, style, conditions or None, None)
         model.train(was)
-        return float((eps.float() - noise).pow(2).mean())
+        eps = to_eps(pred.float(), x_t, t, self.model_cfg.prediction, self.alphas_cumprod)
+        return float((eps - noise).pow(2).mean())
 
     def eval_batch(self, step: int, size: int = 8) -> dict:
         """A fixed batch for `fixed_loss`: held-out world clips (or the folder's first clips) at the
@@ -578,7 +580,7 @@ class Trainer:
             "text_encoder": {"vocab": list(text.vocab), **text.config()}, "data": self.source.describe(),
             "seed": self.cfg.seed, "world_size": self.world_size, "loss_ema": self.loss_ema,
             "recent": self.recent[-50:], "evals": (rec.get("evals", []) + self.evals)[-200:],
-            "wall_time_s": round(wall, 1), "sessions": sessions,
+            "wall_time_s": round(wall, 1), "sessions": sessions, "init_history": self.init_history,
             "parameters": {"unet": sum(p.numel() for p in self.model.unet.parameters()),
                            "text": sum(p.numel() for p in self.model.text.parameters())},
             "updated": _now(),
@@ -610,7 +612,7 @@ class Trainer:
             "commands": [s.get("command") for s in rec["sessions"]], "wall_time_s": rec["wall_time_s"],
             "hardware": [s.get("hardware") for s in rec["sessions"]][-1], "world_size": self.world_size,
             "data": rec["data"], "config": rec["config"], "loss_ema": self.loss_ema,
-            "evals": rec["evals"][-20:], "exported": _now(),
+            "evals": rec["evals"][-20:], "exported": _now(), "init": self.init_history,
         }
         paths = save_embedded(path, unet, text, training=training)
         self.on_event("export", {"step": step, "path": str(Path(path))})

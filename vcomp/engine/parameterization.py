@@ -1,0 +1,75 @@
+"""What the UNet predicts, and how that becomes eps: "eps" (the noise) or "v" (velocity).
+
+With x_t = sqrt(ab) x0 + sqrt(1 - ab) eps (ab = alpha_bar_t of the sampler's schedule):
+
+    v   = sqrt(ab) eps - sqrt(1 - ab) x0          (the training target of a "v" model)
+    eps = sqrt(ab) v + sqrt(1 - ab) x_t           (what the sampler and guidance consume)
+
+The sampler, guidance and inpainting all work on eps; a "v" model is converted right after its
+forward pass. Guidance commutes with the conversion (it is affine in the prediction with the
+same x_t), so eps(c1) + w (eps(c2) - eps(c1)) is the same whichever the model predicts.
+
+Why "v" for the embedded model: in pixel space at high noise an eps model must reproduce x_t
+almost exactly, and its errors there reach x0 multiplied by sqrt(1 - ab) / sqrt(ab) (~14 at
+t = 981); a v model gets the pass-through for free and its error reaches x0 unamplified.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+PREDICTIONS = ("eps", "v")
+
+
+@functools.lru_cache(maxsize=1)
+def default_alphas_cumprod() -> torch.Tensor:
+    """alpha_bar of the sampler's own schedule (`SCHEDULER_CONFIG`), float64 on the CPU."""
+    from diffusers import DDIMScheduler
+
+    from vcomp.engine.sampling import SCHEDULER_CONFIG
+
+    return DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod.double()
+
+
+def _coefficients(t: torch.Tensor, like: torch.Tensor, alphas_cumprod: torch.Tensor | None):
+    ab = (default_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod.double())
+    ab = ab[torch.as_tensor(t).reshape(-1).long().cpu()]
+    shape = (-1,) + (1,) * (like.ndim - 1)
+    return (ab.sqrt().to(like.device, torch.float32).reshape(shape),
+            (1 - ab).sqrt().to(like.device, torch.float32).reshape(shape))
+
+
+def to_eps(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kind: str,
+           alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's output as eps (identity for an "eps" model)."""
+    if kind == "eps":
+        return prediction
+    if kind != "v":
+        raise ValueError(f"unknown prediction {kind!r}; expected one of {PREDICTIONS}")
+    a, s = _coefficients(t, x_t, alphas_cumprod)
+    return a * prediction + s * x_t.float()
+
+
+def target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, kind: str,
+           alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
+    """What a model of this kind is trained to output for x_t = add_noise(x0, noise, t)."""
+    if kind == "eps":
+        return noise
+    if kind != "v":
+        raise ValueError(f"unknown prediction {kind!r}; expected one of {PREDICTIONS}")
+    a, s = _coefficients(t, x0, alphas_cumprod)
+    return a * noise - s * x0
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None,
+                    kind: str = "eps") -> torch.Tensor:
+    """Per-sample loss weights of min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR for an
+    eps model, min(SNR, gamma) / (SNR + 1) for a v model (the same weighting of the x0 error);
+    ones without gamma."""
+    if gamma is None:
+        return torch.ones(t.shape, dtype=torch.float32)
+    ab = alphas_cumprod[t.cpu()].float()
+    snr = ab / (1 - ab)
+    return torch.clamp(snr, max=gamma) / (snr + 1 if kind == "v" else snr)
