@@ -52,7 +52,7 @@ def test_generate_from_several_conditions(pipe):
     assert frames.shape == (T, S, S, 3) and frames.dtype == np.uint8
     assert steps == [(1, 2), (2, 2)]
     info = result.info
-    assert info["model"] == "tiny" and info["seed"] == 3 and info["steps"] == 2 and info["guidance"] == 9.0
+    assert info["model"] == "tiny" and info["seed"] == 3 and info["steps"] == 2 and info["guidance"] == 4.0  # the embedded default
     assert info["guide"] == ["text", "style"]  # published default: text and style
     assert info["unknown_words"] == ["zorblax"]
     assert set(info["model_conditions"]) == {"depth", "local_image", "masked", "motion", "single_sketch", "sketch"}
@@ -286,3 +286,21 @@ def test_official_wiring_with_small_stand_ins(tmp_path):
     assert result.info["model"] == "official"
     again = pipe.generate(cs, "a red circle", steps=2, seed=0, source_frames=src)
     assert np.array_equal(result.frames, again.frames)
+
+
+def test_default_guidance_is_the_models(tmp_path, pipe):
+    import json as _json
+
+    from vcomp.weights.embedded import save_embedded
+
+    assert pipe.default_guidance == 4.0  # the embedded model's (9.0 over-saturates it)
+    cs = make_conditions(mask=None)
+    default = pipe.generate(cs, "a red circle", steps=1, size=(S, S), seed=2)
+    explicit = pipe.generate(cs, "a red circle", steps=1, size=(S, S), seed=2, guidance=4.0)
+    nine = pipe.generate(cs, "a red circle", steps=1, size=(S, S), seed=2, guidance=9.0)
+    assert default.info["guidance"] == 4.0 and np.array_equal(default.frames, explicit.frames)
+    assert not np.array_equal(default.frames, nine.frames)
+    _, config = save_embedded(tmp_path, pipe.unet, pipe.text_encoder)
+    record = _json.loads(config.read_text())
+    config.write_text(_json.dumps({**record, "sampling": {"guidance": 2.5}}))  # a model may carry its own
+    assert Pipeline.load(assets=tmp_path, device="cpu", allow_random=False).default_guidance == 2.5

@@ -30,13 +30,13 @@ def _listed(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _options(steps=50, guidance=9.0, guide=None, seed=0, eta=0.0, negative_prompt="", preview=True,
+def _options(steps=50, guidance=None, guide=None, seed=0, eta=0.0, negative_prompt="", preview=True,
              keep_known="both") -> GenerateOptions:
     if not 1 <= int(steps) <= 1000:
         raise InputError(f"--steps must be between 1 and 1000 (got {steps})")
-    if not float(guidance) >= 0:
+    if guidance is not None and not float(guidance) >= 0:
         raise InputError(f"--guidance must be >= 0 (got {guidance})")
-    return GenerateOptions(steps=int(steps), guidance=float(guidance), guide=guide, seed=int(seed), eta=float(eta),
+    return GenerateOptions(steps=int(steps), guidance=None if guidance is None else float(guidance), guide=guide, seed=int(seed), eta=float(eta),
                            negative_prompt=negative_prompt or "", keep_known=keep_known, preview=bool(preview))
 
 

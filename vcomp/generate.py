@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +30,7 @@ class GenerateOptions:
     """Sampling settings shared by every generating command."""
 
     steps: int = 50
-    guidance: float = 9.0
+    guidance: float | None = None  # None: the model's default (pipeline.default_guidance)
     guide: str | None = None  # None: text (+ style when given), as the published model
     seed: int = 0
     eta: float = 0.0
@@ -116,11 +116,19 @@ def generate_one(pipeline, recipe: Recipe, prompt: str, options: GenerateOptions
                              progress=progress)
 
 
+def with_model_defaults(options: GenerateOptions, pipeline) -> GenerateOptions:
+    """Options with the model's default guidance filled in, so the sidecar says what ran."""
+    if options.guidance is None:
+        return replace(options, guidance=float(getattr(pipeline, "default_guidance", 9.0)))
+    return options
+
+
 def run(pipeline, command: str, recipe: Recipe, prompt: str, output: str | os.PathLike,
         options: GenerateOptions, *, frames: int, size: tuple[int, int] | None, fps: float | None = None,
         progress: Callable[[int, int], None] | None = None) -> dict:
     """Generate and write one output; returns the sidecar record (also printed by --json)."""
     output = check_output(output)
+    options = with_model_defaults(options, pipeline)
     started = time.perf_counter()
     result = generate_one(pipeline, recipe, prompt, options, frames=frames, size=size, progress=progress)
     fps = float(fps or recipe.fps or 8.0)
@@ -142,6 +150,7 @@ def run_grid(pipeline, command: str, prompts: Sequence[str], motions: Sequence[t
     motions) and a sheet with one labelled row per pair: the same content under different motions
     and the same motion with different content, side by side."""
     output = check_output(output)
+    options = with_model_defaults(options, pipeline)
     started = time.perf_counter()
     total = len(prompts) * len(motions) * options.steps
     tiles, rows, cells = [], [], []

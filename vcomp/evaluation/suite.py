@@ -296,7 +296,7 @@ def _pct(x) -> str:
 # ----------------------------------------------------------------------------------------------
 # the suite
 # ----------------------------------------------------------------------------------------------
-def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guidance: float = 9.0,
+def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guidance: float | None = None,
                     tasks: Sequence[str] | str = TASKS, progress: Callable[[int, int], None] | None = None,
                     *, frames: int = 16, weights_dir: str | os.PathLike | None = None,
                     out_dir: str | os.PathLike | None = None, embedder=None, inpaint_keep: str = "both",
@@ -313,6 +313,7 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
     from vcomp.evaluation.metrics import frame_consistency, frame_embedder
 
     tasks = parse_tasks(tasks)
+    guidance = pipeline.default_guidance if guidance is None else float(guidance)
     if n < 1:
         raise InputError(f"--n must be at least 1 (got {n})")
     if not 1 <= int(steps) <= 1000:
