@@ -1,0 +1,51 @@
+"""The embedded model shipped in vcomp/assets: present, loadable, small, and trained (it follows
+the prompt's background colour, which an untrained model cannot: chance is 1 in 8)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vcomp.weights.files import ASSETS, EMBEDDED_CONFIG, EMBEDDED_WEIGHTS
+
+MAX_BYTES = 50 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from vcomp.pipeline import Pipeline
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return Pipeline.load(preset="tiny", assets=ASSETS, device="cpu", allow_random=False)
+
+
+def test_the_embedded_model_is_in_the_package_small_and_documented():
+    weights, config = ASSETS / EMBEDDED_WEIGHTS, ASSETS / EMBEDDED_CONFIG
+    assert weights.is_file() and config.is_file(), "vcomp/assets must hold the embedded model"
+    assert weights.stat().st_size <= MAX_BYTES
+    record = json.loads(config.read_text())
+    assert record["model"]["name"] == "tiny" and record["model"]["prediction"] == "v"
+    training = record["training"]  # how to reproduce it: commands, seed, lineage of --init weights
+    assert training["steps"] >= 1000 and training["commands"] and "seed" in training
+    assert training["init"]["commands"], "the run it started from is recorded too"
+
+
+def test_the_shipped_model_loads_as_the_default_generator(shipped):
+    assert shipped.preset == "tiny" and shipped.default_size == (64, 64) and shipped.default_frames == 16
+    assert shipped.weights["embedded"].endswith(EMBEDDED_WEIGHTS)
+
+
+def test_the_shipped_model_paints_the_prompted_background(shipped):
+    """At least 3 of 4 prompted backgrounds right (chance: 1 in 8 each; the eval suite measures
+    the rest, docs/embedded-model.md)."""
+    from vcomp.evaluation.world_checks import background_colour
+
+    found = {}
+    for background in ("blue", "green", "yellow", "purple"):
+        prompt = f"a white circle standing still on a {background} background"
+        frames = shipped.generate(None, prompt, steps=15, num_frames=8, seed=0).frames
+        assert frames.shape == (8, 64, 64, 3)
+        found[background] = background_colour(frames)
+    assert sum(want == got for want, got in found.items()) >= 3, found
