@@ -41,26 +41,27 @@ def _coefficients(t: torch.Tensor, like: torch.Tensor, alphas_cumprod: torch.Ten
             (1 - ab).sqrt().to(like.device, torch.float32).reshape(shape))
 
 
+def _v_combination(kind: str, t: torch.Tensor, like: torch.Tensor, alphas_cumprod: torch.Tensor | None,
+                   p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """sqrt(ab) p + sqrt(1 - ab) q, the one formula both directions of a "v" model need."""
+    if kind != "v":
+        raise ValueError(f"unknown prediction {kind!r}; expected one of {PREDICTIONS}")
+    a, s = _coefficients(t, like, alphas_cumprod)
+    return a * p + s * q
+
+
 def to_eps(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kind: str,
            alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
     """The model's output as eps (identity for an "eps" model)."""
     if kind == "eps":
         return prediction
-    if kind != "v":
-        raise ValueError(f"unknown prediction {kind!r}; expected one of {PREDICTIONS}")
-    a, s = _coefficients(t, x_t, alphas_cumprod)
-    return a * prediction + s * x_t.float()
+    return _v_combination(kind, t, x_t, alphas_cumprod, prediction, x_t.float())
 
 
 def target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, kind: str,
            alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
     """What a model of this kind is trained to output for x_t = add_noise(x0, noise, t)."""
-    if kind == "eps":
-        return noise
-    if kind != "v":
-        raise ValueError(f"unknown prediction {kind!r}; expected one of {PREDICTIONS}")
-    a, s = _coefficients(t, x0, alphas_cumprod)
-    return a * noise - s * x0
+    return noise if kind == "eps" else _v_combination(kind, t, x0, alphas_cumprod, noise, -x0)
 
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None,
