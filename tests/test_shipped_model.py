@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from vcomp.weights.files import ASSETS, EMBEDDED_CONFIG, EMBEDDED_WEIGHTS
 
@@ -17,7 +16,6 @@ MAX_BYTES = 50 * 1024 * 1024
 def shipped():
     from vcomp.pipeline import Pipeline
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     return Pipeline.load(preset="tiny", assets=ASSETS, device="cpu", allow_random=False)
 
 

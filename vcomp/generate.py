@@ -118,9 +118,7 @@ def generate_one(pipeline, recipe: Recipe, prompt: str, options: GenerateOptions
 
 def with_model_defaults(options: GenerateOptions, pipeline) -> GenerateOptions:
     """Options with the model's default guidance filled in, so the sidecar says what ran."""
-    if options.guidance is None:
-        return replace(options, guidance=float(getattr(pipeline, "default_guidance", 9.0)))
-    return options
+    return replace(options, guidance=pipeline.guidance_or_default(options.guidance))
 
 
 def run(pipeline, command: str, recipe: Recipe, prompt: str, output: str | os.PathLike,

@@ -202,6 +202,10 @@ class Pipeline:
             tokens, unknown = self.text_encoder.encode(list(texts))
         return tokens.float().to(self.device), unknown
 
+    def guidance_or_default(self, guidance: float | None) -> float:
+        """`guidance`, or the model's default when None (what generate() runs with)."""
+        return self.default_guidance if guidance is None else float(guidance)
+
     def describe(self) -> dict:
         cfg = self.unet.cfg
         return {"preset": self.preset, "device": str(self.device),
@@ -249,7 +253,7 @@ class Pipeline:
             raise InputError(f"size {width}x{height} must be a multiple of {cell} pixels for the {self.preset} model")
         h, w = height // ae.factor, width // ae.factor
 
-        guidance = self.default_guidance if guidance is None else float(guidance)
+        guidance = self.guidance_or_default(guidance)
         inputs = self.adapter.prepare(conditions, frames, (width, height), source_frames)
         from vcomp.model.adapters import MODEL_NAMES
 

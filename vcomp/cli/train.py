@@ -93,8 +93,10 @@ def train(
             raise InputError(f"--model-json is not valid JSON ({exc})") from None
         given["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     if prediction is not None:
-        if prediction not in ("eps", "v"):
-            raise InputError(f"--prediction must be eps or v, got {prediction!r}")
+        from vcomp.model.config import PREDICTIONS
+
+        if prediction not in PREDICTIONS:
+            raise InputError(f"--prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
         given["model"] = {**given.get("model", {}), "prediction": prediction}
     if "data" in given and given["data"] != "world" and not Path(given["data"]).expanduser().is_dir():
         raise InputError(f"--data {given['data']}: give 'world' or an existing folder of videos")

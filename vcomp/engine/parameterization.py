@@ -20,7 +20,7 @@ import functools
 
 import torch
 
-PREDICTIONS = ("eps", "v")
+from vcomp.model.config import PREDICTIONS
 
 
 @functools.lru_cache(maxsize=1)

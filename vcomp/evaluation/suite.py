@@ -313,7 +313,7 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
     from vcomp.evaluation.metrics import frame_consistency, frame_embedder
 
     tasks = parse_tasks(tasks)
-    guidance = pipeline.default_guidance if guidance is None else float(guidance)
+    guidance = pipeline.guidance_or_default(guidance)
     if n < 1:
         raise InputError(f"--n must be at least 1 (got {n})")
     if not 1 <= int(steps) <= 1000:

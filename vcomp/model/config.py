@@ -22,6 +22,8 @@ CONDITION_CHANNELS: dict[str, int] = {
 }
 # Conditions that are one image for the whole clip; they may be passed as [B, C, H, W].
 SINGLE_FRAME_CONDITIONS = ("single_sketch", "local_image")
+# What a UNet may predict (`ModelConfig.prediction`; vcomp.engine.parameterization converts to eps).
+PREDICTIONS = ("eps", "v")
 # The order in which the published forward adds the encoded conditions together.
 FUSION_ORDER = ("depth", "local_image", "motion", "sketch", "single_sketch", "masked")
 
@@ -87,8 +89,8 @@ class ModelConfig:
         for w in widths:
             if w % self.norm_groups or w % self.head_dim:
                 raise ValueError(f"width {w} must divide by norm_groups and head_dim")
-        if self.prediction not in ("eps", "v"):
-            raise ValueError(f"prediction must be 'eps' or 'v', got {self.prediction!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if self.stc_pool_size is not None and self.stc_pool_size % 4:
             raise ValueError("stc_pool_size must be a multiple of 4 (two stride-2 convs)")
 

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vcomp.engine.parameterization import min_snr_weights, target, to_eps
 from vcomp.errors import InputError
 from vcomp.train.checkpoint import (
     FORMAT,
@@ -60,7 +61,6 @@ from vcomp.train.data import (
     plan_step,
     worker_init,
 )
-from vcomp.engine.parameterization import min_snr_weights, target, to_eps
 from vcomp.train.dropout import DropoutConfig, drop_captions, sample_keep
 
 Event = Callable[[str, dict], None]
@@ -365,11 +365,10 @@ class Trainer:
         ckpt = self.resume_from
         init = load_init(cfg.init) if (cfg.init and ckpt is None) else None
         # lineage: how the --init weights were trained, carried into checkpoints and exports
-        self.init_history = {"source": str(cfg.init), **init.history} if init is not None else None
         if ckpt is not None:
             self.init_history = ckpt.record.get("init_history")
-            if self.init_history is None and cfg.init and Path(cfg.init).expanduser().exists():
-                self.init_history = {"source": str(cfg.init), **load_init(cfg.init).history}
+        else:
+            self.init_history = {"source": str(cfg.init), **init.history} if init is not None else None
 
         if ckpt is not None:
             base = ModelConfig.from_dict(ckpt.record["model"])
