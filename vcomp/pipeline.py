@@ -178,7 +178,7 @@ class Pipeline:
         else:
             load_embedded(assets)  # raises the WeightsError that says what is missing
             raise AssertionError("unreachable")
-        size = 16 * emb.unet.cfg.latent_scale
+        size = emb.unet.cfg.default_size
         return cls(emb.unet.to(device), emb.autoencoder, emb.text_encoder.to(device),
                    TinyAdapter(style_dim=emb.unet.cfg.style_dim), preset="tiny", device=device,
                    autocast_dtype=autocast_dtype, weights={"embedded": emb.source}, size=(size, size),

@@ -26,7 +26,7 @@ _FIELDS = {
     "size_curriculum": "size_curriculum", "seed": "seed", "ckpt_every": "ckpt_every", "log_every": "log_every",
     "eval_every": "eval_every", "max_minutes": "max_minutes", "session_steps": "session_steps",
     "device": "device", "precision": "precision", "workers": "workers", "threads": "threads", "out": "out",
-    "init": "init", "export": "export", "world_clips": "world_clips", "cache": "cache", "stride": "stride",
+    "init": "init", "autoencoder": "autoencoder", "export": "export", "world_clips": "world_clips", "cache": "cache", "stride": "stride",
     "text_len": "text_len", "user_path_prob": "user_path_prob",
 }
 
@@ -60,6 +60,7 @@ def train(
     out: str = typer.Option(None, "--out", "-o", help="Run folder: checkpoint/ (model.safetensors, optimizer.pt, train.json) and log.jsonl. Default: runs/tiny."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out at its exact step (starts it if there is no checkpoint yet)."),
     init: str = typer.Option(None, "--init", help="Start from these weights: a run or checkpoint folder (EMA weights) or an embedded model folder (fine-tuning)."),
+    autoencoder: str = typer.Option(None, "--autoencoder", help="The latent space: a `vcomp train-autoencoder` export folder (frozen while the UNet trains). Default: the --init model's, or the checkpoint's."),
     export: str = typer.Option(None, "--export", help="At the end of the session, write the EMA weights as an embedded model (embedded.safetensors + embedded.json) into this folder."),
     world_clips: int = typer.Option(None, "--world-clips", help="Use a fixed pool of N world clips (with --cache, generated once). Default: a fresh clip every time."),
     cache: str = typer.Option(None, "--cache", help="Folder for cached clips (world pools, decoded folder clips)."),
@@ -175,5 +176,70 @@ class _Progress:
             self.bar.console.print(f"exported the EMA weights to {info['path']}")
 
 
+AE_EPILOG = """
+Examples:\n
+  vcomp train-autoencoder --out runs/vae --steps 4000 --max-minutes 25        # then: vcomp train --autoencoder runs/vae/export\n
+  vcomp train-autoencoder --out runs/vae --resume --steps 6000                 # continue it\n
+Writes OUT/checkpoint/ (resumable), OUT/log.jsonl and OUT/export/autoencoder.{safetensors,json}.
+"""
+
+
+def train_autoencoder(
+    out: str = typer.Option("runs/vae", "--out", "-o", help="Run folder (checkpoint/, log.jsonl, export/)."),
+    steps: int = typer.Option(3000, "--steps", help="Total optimiser steps."),
+    batch: int = typer.Option(32, "--batch", help="Frames per step."),
+    crop: int = typer.Option(32, "--crop", help="Training crop side in pixels (the network is convolutional)."),
+    size: int = typer.Option(64, "--size", help="Side of the rendered world frames the crops come from."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (after a linear warm-up)."),
+    kl_weight: float = typer.Option(1e-5, "--kl-weight", help="Weight of the KL term (per pixel value)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the data."),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (with a checkpoint and an export) after this many minutes."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads. Default: all cores."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout at the end."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Train the embedded model's latent space: a small AutoencoderKL on procedural-world frames.
+
+    The export is what `vcomp train --autoencoder DIR` denoises in (factor 8, 8 channels)."""
+    options = dict(locals())
+    from vcomp.train.autoencoder import AutoencoderTrainConfig
+    from vcomp.train.autoencoder import train_autoencoder as run
+
+    console.set_quiet(quiet)
+    command = ["vcomp", "train-autoencoder"]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--json" if name == "json_out" else "--" + name.replace("_", "-")
+        command += [flag] if value is True else [flag, str(value)]
+    cfg = AutoencoderTrainConfig(out=out, steps=steps, batch=batch, crop=crop, size=size, lr=lr, kl_weight=kl_weight,
+                                 seed=seed, max_minutes=max_minutes, threads=threads, resume=resume, command=command)
+    show = console.interactive()
+    with console.progress_bar(transient=False) if show else _Nothing() as bar:
+        task = bar.add_task("autoencoder", total=steps) if show else None
+
+        def event(kind, info):
+            if show and kind == "log":
+                bar.update(task, completed=info["step"],
+                           description=f"autoencoder loss {info['loss']:.4f}")
+
+        summary = run(cfg, on_event=event)
+    if json_out:
+        console.print_json(summary)
+    else:
+        console.log(f"step {summary['step']}: held-out PSNR {summary['psnr_db']:.1f} dB, scaling factor "
+                    f"{summary['scaling_factor']:.3f}; exported to {summary['export']}")
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def register(app: typer.Typer) -> None:
     app.command("train", epilog=EPILOG)(train)
+    app.command("train-autoencoder", epilog=AE_EPILOG)(train_autoencoder)

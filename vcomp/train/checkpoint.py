@@ -2,7 +2,8 @@
 
     runs/NAME/
       checkpoint/
-        model.safetensors   "unet.*", "text.*" (the trained weights), "ema.unet.*", "ema.text.*" (EMA)
+        model.safetensors   "unet.*", "text.*" (the trained weights), "ema.unet.*", "ema.text.*" (EMA),
+                            "vae.*" (the frozen autoencoder, when it is a learned one)
         optimizer.pt        torch.save({"format", "step", "optimizer", "rng", "loss_ema"}); read back
                             with torch.load(weights_only=True): tensors, numbers and lists only
         train.json          the run's record: config, step, recent losses, wall time, every session's
@@ -109,6 +110,8 @@ class InitWeights:
     text_encoder: dict  # {"vocab", "dim", "max_len", "depth", "heads"}
     source: str
     history: dict = field(default_factory=dict)  # how these weights were trained (kept in exports: lineage)
+    autoencoder: dict | None = None  # the latent space's description (None: the record predates it)
+    vae: dict[str, torch.Tensor] = field(default_factory=dict)  # its weights (AutoencoderKL only)
 
 
 def load_init(path: str | os.PathLike) -> InitWeights:
@@ -122,10 +125,10 @@ def load_init(path: str | os.PathLike) -> InitWeights:
         prefix = "ema." if any(k.startswith("ema.") for k in ckpt.tensors) else ""
         history = {"steps": ckpt.step, "commands": [s.get("command") for s in rec.get("sessions", [])],
                    "wall_time_s": rec.get("wall_time_s"), "config": rec.get("config"),
-                   "init": rec.get("init_history")}
+                   "init": rec.get("init_history"), "autoencoder": rec.get("autoencoder_history")}
         return InitWeights(ckpt.weights(prefix + "unet."), ckpt.weights(prefix + "text."), rec["model"],
                            rec["text_encoder"], f"{ckpt.path} ({'EMA' if prefix else 'raw'} weights, step {ckpt.step})",
-                           history)
+                           history, rec.get("autoencoder"), ckpt.weights("vae."))
     folder = path.parent if path.suffix in (".safetensors", ".json") else path
     weights_path, config_path = embedded_paths(folder)
     if weights_path.is_file() and config_path.is_file():
@@ -135,7 +138,8 @@ def load_init(path: str | os.PathLike) -> InitWeights:
         sd = load_state_dict(weights_path, what="embedded model")
         return InitWeights({k[5:]: v for k, v in sd.items() if k.startswith("unet.")},
                            {k[5:]: v for k, v in sd.items() if k.startswith("text.")},
-                           record["model"], record["text_encoder"], str(weights_path), record.get("training", {}))
+                           record["model"], record["text_encoder"], str(weights_path), record.get("training", {}),
+                           record.get("autoencoder"), {k[4:]: v for k, v in sd.items() if k.startswith("vae.")})
     raise InputError(f"--init {path}: neither a training run/checkpoint folder nor an embedded model "
                      "(embedded.safetensors + embedded.json)")
 

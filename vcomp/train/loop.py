@@ -62,6 +62,7 @@ from vcomp.train.data import (
     worker_init,
 )
 from vcomp.train.dropout import DropoutConfig, drop_captions, sample_keep
+from vcomp.weights.embedded import autoencoder_spec, autoencoder_tensors
 
 Event = Callable[[str, dict], None]
 
@@ -105,6 +106,7 @@ class TrainConfig:
     out: str = "runs/tiny"
     resume: bool = False
     init: str | None = None
+    autoencoder: str | None = None  # a `vcomp train-autoencoder` export (the latent space; frozen here)
     export: str | None = None
     world_clips: int | None = None  # a finite pool of world clips (default: every clip is new)
     cache: str | None = None  # npz cache for world pools / folder clips
@@ -355,7 +357,6 @@ class Trainer:
     def _build(self) -> None:
         from vcomp.model import create_model, get_config
         from vcomp.model.adapters import get_adapter
-        from vcomp.model.autoencoder import PixelUnshuffleAutoencoder
         from vcomp.model.config import ModelConfig
         from vcomp.model.embedders import WordTextEncoder, build_vocab
         from vcomp.model.loading import load_state_dict_strict
@@ -383,13 +384,16 @@ class Trainer:
             base = replace(base, text_len=text_len)
             text_spec = {"vocab": build_vocab(self.source.captions()), "dim": base.context_dim,
                          "max_len": text_len, "depth": cfg.text_depth, "heads": cfg.text_heads}
-        if base.in_dim != 3 * base.latent_scale**2 or base.out_dim != base.in_dim:
-            raise InputError(f"vcomp train trains pixel-unshuffle latents (the tiny preset); {base.name!r} needs the "
-                             "SD VAE latent, which is not trained here")
+        self.autoencoder = self._autoencoder(base, ckpt, init)
+        ae = self.autoencoder
+        if (base.in_dim, base.out_dim, base.latent_scale) != (ae.latent_channels, ae.latent_channels, ae.factor):
+            if ckpt is not None or init is not None:
+                raise InputError(f"the autoencoder has {ae.latent_channels} channels at factor {ae.factor}, but the "
+                                 f"model was trained on {base.in_dim} at {base.latent_scale}; start a fresh run")
+            base = replace(base, in_dim=ae.latent_channels, out_dim=ae.latent_channels, latent_scale=ae.factor)
         self.base_cfg = base
         self.model_cfg = replace(base, **TRAIN_DROPOUT_OFF)
         self.adapter = get_adapter("tiny", style_dim=base.style_dim)
-        self.autoencoder = PixelUnshuffleAutoencoder(base.latent_scale)
 
         torch.manual_seed(cfg.seed)
         unet = create_model(self.model_cfg)
@@ -402,7 +406,7 @@ class Trainer:
         self.model = Denoiser(unet, text).to(self.device)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         if ckpt is not None:
-            load_state_dict_strict(self.model, {k: v for k, v in ckpt.tensors.items() if not k.startswith("ema.")},
+            load_state_dict_strict(self.model, {k: v for k, v in ckpt.tensors.items() if not k.startswith(("ema.", "vae."))},
                                    source=f"weights in {ckpt.path}")
             load_state_dict_strict(self.ema_model, ckpt.weights("ema."), source=f"EMA weights in {ckpt.path}")
 
@@ -427,7 +431,7 @@ class Trainer:
         self.scheduler = noise_scheduler()
         self.alphas_cumprod = self.scheduler.alphas_cumprod.clone()
 
-        size_default = 16 * base.latent_scale
+        size_default = base.default_size
         if ckpt is not None:
             sched = ckpt.record["schedule"]
             stage2_at, frames, sizes = sched["stage2_at"], sched["frames"], sched["sizes"]
@@ -458,6 +462,31 @@ class Trainer:
         self.loss_ema = ckpt.state.get("loss_ema") if ckpt is not None else None
         self.dataset = TrainDataset(self.source, self.adapter)
 
+    def _autoencoder(self, base, ckpt, init):
+        """The frozen latent space: the checkpoint's (resume), --autoencoder, the --init model's, or
+        the parameter-free pixel unshuffle when the model's channels say so."""
+        from vcomp.weights.embedded import autoencoder_from_spec
+
+        self.autoencoder_history = None  # how a learned latent was trained (kept in exports)
+        if ckpt is not None:
+            spec = ckpt.record.get("autoencoder") or {"type": "pixel_unshuffle", "factor": base.latent_scale}
+            self.autoencoder_history = ckpt.record.get("autoencoder_history")
+            return autoencoder_from_spec(spec, ckpt.weights("vae.") or None)
+        if self.cfg.autoencoder:
+            from vcomp.model.autoencoder import KLAutoencoder
+            from vcomp.train.autoencoder import load_autoencoder
+
+            vae, record = load_autoencoder(self.cfg.autoencoder)
+            self.autoencoder_history = {"source": str(self.cfg.autoencoder), **record.get("training", {})}
+            return KLAutoencoder(vae)
+        if init is not None and init.autoencoder:
+            self.autoencoder_history = init.history.get("autoencoder")
+            return autoencoder_from_spec(init.autoencoder, init.vae or None)
+        if base.in_dim == 3 * base.latent_scale**2:
+            return autoencoder_from_spec({"type": "pixel_unshuffle", "factor": base.latent_scale})
+        raise InputError(f"the {base.name!r} preset denoises a learned latent ({base.in_dim} channels): pass "
+                         "--autoencoder DIR (a `vcomp train-autoencoder` export) or --init an embedded model")
+
     # ------------------------------------------------------------ one step
 
     def requests(self, step: int):
@@ -468,7 +497,8 @@ class Trainer:
     def _inputs(self, batch: dict, stage: int, generator: torch.Generator, dropout: DropoutConfig | None):
         """(x0 latent, captions, style, conditions, drop) for a batch, with dropout applied."""
         dev = self.device
-        latent = self.autoencoder.encode(batch["video"].to(dev, non_blocking=True))
+        with torch.no_grad():
+            latent = self.autoencoder.encode(batch["video"].to(dev, non_blocking=True)).float()
         b = latent.shape[0]
         conditions = {k: v.to(dev, non_blocking=True) for k, v in batch.get("conditions", {}).items()} \
             if stage == 2 else {}
@@ -577,6 +607,7 @@ class Trainer:
             "format": FORMAT, "step": step, "stage": self.schedule.stage(max(0, step - 1)),
             "config": self.cfg.to_dict(), "schedule": self.schedule_record, "model": self.base_cfg.to_dict(),
             "text_encoder": {"vocab": list(text.vocab), **text.config()}, "data": self.source.describe(),
+            "autoencoder": autoencoder_spec(self.autoencoder), "autoencoder_history": self.autoencoder_history,
             "seed": self.cfg.seed, "world_size": self.world_size, "loss_ema": self.loss_ema,
             "recent": self.recent[-50:], "evals": (rec.get("evals", []) + self.evals)[-200:],
             "wall_time_s": round(wall, 1), "sessions": sessions, "init_history": self.init_history,
@@ -588,6 +619,7 @@ class Trainer:
     def save(self, step: int, session: dict) -> Path:
         tensors = prefixed("", self.model.state_dict())
         tensors.update(prefixed("ema.", self.ema_model.state_dict()))
+        tensors.update(prefixed("vae.", autoencoder_tensors(self.autoencoder)))
         record = self._record(step, session)
         path = save_checkpoint(self.out, tensors, self._state(step), record)
         self.on_event("checkpoint", {"step": step, "path": str(path)})
@@ -612,8 +644,9 @@ class Trainer:
             "hardware": [s.get("hardware") for s in rec["sessions"]][-1], "world_size": self.world_size,
             "data": rec["data"], "config": rec["config"], "loss_ema": self.loss_ema,
             "evals": rec["evals"][-20:], "exported": _now(), "init": self.init_history,
+            "autoencoder": self.autoencoder_history,
         }
-        paths = save_embedded(path, unet, text, training=training)
+        paths = save_embedded(path, unet, text, training=training, autoencoder=self.autoencoder)
         self.on_event("export", {"step": step, "path": str(Path(path))})
         return paths
 

@@ -4,11 +4,12 @@
       "format": "vcomp-embedded-v1",
       "model": ModelConfig.to_dict(),                       # the UNet preset ("tiny"), as data
       "text_encoder": {"vocab": [...], "dim", "max_len", "depth", "heads"},
-      "autoencoder": {"type": "pixel_unshuffle", "factor": 4},
+      "autoencoder": {"type": "AutoencoderKL", "config": {...diffusers config...}}
+                     (or {"type": "pixel_unshuffle", "factor": 4}, the first release's latent),
       "style": {"extractor": "colour-stats-v1", "dim": 64},
       "training": {...}                                     # free-form record written by the trainer
     }
-    embedded.safetensors = {"unet.<key>": ..., "text.<key>": ...}
+    embedded.safetensors = {"unet.<key>": ..., "text.<key>": ..., "vae.<key>": ... (AutoencoderKL only)}
 
 `save_embedded` is what the trainer calls; `load_embedded` is what the pipeline calls.
 `random_embedded` builds the same parts randomly initialised (tests, or VCOMP_ALLOW_RANDOM=1).
@@ -38,12 +39,40 @@ class EmbeddedModel:
     source: str = "random"  # path of the safetensors file, or "random"
 
 
-def _autoencoder(spec: dict):
-    from vcomp.model.autoencoder import PixelUnshuffleAutoencoder
+def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = None):
+    """The `VideoAutoencoder` an embedded record describes; `tensors` = its "vae." weights
+    (prefix removed; None = random initialisation)."""
+    from vcomp.model.autoencoder import KLAutoencoder, PixelUnshuffleAutoencoder
 
-    if spec.get("type") != "pixel_unshuffle":
+    kind = spec.get("type")
+    if kind == "pixel_unshuffle":
+        return PixelUnshuffleAutoencoder(int(spec.get("factor", 4)))
+    if kind != "AutoencoderKL":
         raise WeightsError(f"embedded model: unsupported autoencoder {spec!r}")
-    return PixelUnshuffleAutoencoder(int(spec.get("factor", 4)))
+    from diffusers import AutoencoderKL
+
+    from vcomp.model.loading import load_state_dict_strict
+
+    try:
+        vae = AutoencoderKL(**{k: v for k, v in spec["config"].items() if not k.startswith("_")})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"embedded model: bad autoencoder config ({exc})") from None
+    if tensors is not None:
+        load_state_dict_strict(vae, tensors, source="autoencoder weights of the embedded model")
+    return KLAutoencoder(vae)
+
+
+def autoencoder_spec(autoencoder) -> dict:
+    """The embedded-record description of a `VideoAutoencoder` (the inverse of autoencoder_from_spec)."""
+    if hasattr(autoencoder, "vae"):
+        return {"type": "AutoencoderKL", "factor": autoencoder.factor,
+                "config": {k: v for k, v in dict(autoencoder.vae.config).items() if not k.startswith("_")}}
+    return autoencoder.describe()
+
+
+def autoencoder_tensors(autoencoder) -> dict[str, torch.Tensor]:
+    """The learned autoencoder's state dict (empty for the parameter-free pixel unshuffle)."""
+    return dict(autoencoder.vae.state_dict()) if hasattr(autoencoder, "vae") else {}
 
 
 def random_embedded(seed: int = 0, vocab=None, preset: str = "tiny") -> EmbeddedModel:
@@ -65,15 +94,24 @@ def random_embedded(seed: int = 0, vocab=None, preset: str = "tiny") -> Embedded
                 if p.ndim > 1 and not p.any():
                     p.normal_(0.0, 0.02)
         text = WordTextEncoder(vocab, dim=cfg.context_dim, max_len=cfg.text_len).eval()
-    ae_spec = {"type": "pixel_unshuffle", "factor": cfg.latent_scale}
+    if cfg.in_dim == 3 * cfg.latent_scale**2:
+        autoencoder = autoencoder_from_spec({"type": "pixel_unshuffle", "factor": cfg.latent_scale})
+    else:
+        from vcomp.train.autoencoder import world_vae_config
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            autoencoder = autoencoder_from_spec({"type": "AutoencoderKL", "config": world_vae_config(
+                latent_channels=cfg.in_dim)})
+    ae_spec = autoencoder_spec(autoencoder)
     record = {"format": FORMAT, "model": cfg.to_dict(), "text_encoder": {"vocab": text.vocab, **text.config()},
               "autoencoder": ae_spec, "style": {"extractor": "colour-stats-v1", "dim": cfg.style_dim},
               "training": {"note": "random initialisation, not trained"}}
-    return EmbeddedModel(unet, text, _autoencoder(ae_spec), record, "random")
+    return EmbeddedModel(unet, text, autoencoder, record, "random")
 
 
 def save_embedded(folder: str | os.PathLike, unet, text_encoder, training: dict | None = None,
-                  autoencoder: dict | None = None, style: dict | None = None,
+                  autoencoder=None, style: dict | None = None, sampling: dict | None = None,
                   dtype: torch.dtype = torch.float16) -> tuple[Path, Path]:
     """Write `embedded.safetensors` + `embedded.json` into `folder` (atomically, each).
 
@@ -93,14 +131,22 @@ def save_embedded(folder: str | os.PathLike, unet, text_encoder, training: dict 
 
     tensors = {f"unet.{k}": stored(v) for k, v in unet.state_dict().items()}
     tensors.update({f"text.{k}": stored(v) for k, v in text_encoder.state_dict().items()})
+    if autoencoder is None:
+        from vcomp.model.autoencoder import PixelUnshuffleAutoencoder
+
+        autoencoder = PixelUnshuffleAutoencoder(cfg.latent_scale)
+    # the autoencoder stays fp32: it is small, and its decoder's last layers set the output's quality
+    tensors.update({f"vae.{k}": v.detach().cpu().contiguous() for k, v in autoencoder_tensors(autoencoder).items()})
     record = {
         "format": FORMAT,
         "model": cfg.to_dict(),
         "text_encoder": {"vocab": list(text_encoder.vocab), **text_encoder.config()},
-        "autoencoder": autoencoder or {"type": "pixel_unshuffle", "factor": cfg.latent_scale},
+        "autoencoder": autoencoder_spec(autoencoder),
         "style": style or {"extractor": "colour-stats-v1", "dim": cfg.style_dim},
         "training": training or {},
     }
+    if sampling:
+        record["sampling"] = sampling
     with atomic_file(weights_path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
     write_json(config_path, record)
@@ -142,8 +188,14 @@ def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.d
                                   source=f"UNet weights in {weights_path}")
     load_state_dict_strict(text, {k[5:]: v for k, v in sd.items() if k.startswith("text.")},
                            source=f"text-encoder weights in {weights_path}")
-    extra = sorted(k for k in sd if not k.startswith(("unet.", "text.")))
+    extra = sorted(k for k in sd if not k.startswith(("unet.", "text.", "vae.")))
     if extra:
         raise WeightsError(f"{weights_path}: unexpected tensors {extra[:5]}")
-    return EmbeddedModel(unet.to(device).eval(), text.to(device).eval(), _autoencoder(record["autoencoder"]),
-                         record, str(weights_path))
+    vae = {k[4:]: v for k, v in sd.items() if k.startswith("vae.")}
+    spec = record.get("autoencoder", {})
+    if spec.get("type") == "AutoencoderKL" and not vae:
+        raise WeightsError(f"{weights_path}: the autoencoder's weights (vae.*) are missing; reinstall vcomp")
+    autoencoder = autoencoder_from_spec(spec, vae or None)
+    if hasattr(autoencoder, "vae"):
+        autoencoder.vae.to(device)
+    return EmbeddedModel(unet.to(device).eval(), text.to(device).eval(), autoencoder, record, str(weights_path))

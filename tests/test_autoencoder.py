@@ -1,0 +1,130 @@
+"""The learned latent space: `vcomp train-autoencoder`, its export, and a UNet trained on it
+(`vcomp train --autoencoder`), exported as an embedded model the pipeline runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vcomp.errors import InputError, WeightsError
+from vcomp.train.autoencoder import (
+    AutoencoderTrainConfig,
+    evaluate,
+    load_autoencoder,
+    random_crops,
+    train_autoencoder,
+    world_frames,
+)
+
+# two levels (factor 2), 4 latent channels: a few thousand parameters, milliseconds per step
+MICRO_VAE = {"block_out_channels": [8, 16], "norm_num_groups": 4, "latent_channels": 4}
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae")
+    cfg = AutoencoderTrainConfig(out=str(out), steps=60, batch=8, crop=16, size=32, lr=1e-3, warmup=5, min_lr_ratio=1.0,
+                                 log_every=10, ckpt_every=20, threads=1, vae=MICRO_VAE)
+    return out, train_autoencoder(cfg)
+
+
+def test_world_frames_and_crops():
+    x = world_frames(np.random.default_rng(0), 5, 32)
+    assert x.shape == (5, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
+    assert x.std() > 0.1  # real scenes, not a constant
+    y = random_crops(x, 16, np.random.default_rng(1))
+    assert y.shape == (5, 3, 16, 16)
+    # a crop is a window of its frame
+    f = x[0].unfold(1, 16, 1).unfold(2, 16, 1)  # [3, 17, 17, 16, 16]
+    assert (f - y[0][:, None, None]).abs().amax(dim=(0, 3, 4)).min() == 0
+
+
+def test_training_improves_reconstruction_and_exports(vae_run):
+    out, summary = vae_run
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in log]
+    assert summary["step"] == 60 and len(losses) == 6 and any("eval_psnr_db" in e for e in log)
+    vae, record = load_autoencoder(out / "export")
+    assert record["type"] == "AutoencoderKL" and record["training"]["steps"] == 60
+    held = world_frames(np.random.default_rng(5), 8, 32, split="heldout")
+    fresh = AutoencoderTrainConfig(vae=MICRO_VAE)
+    from vcomp.train.autoencoder import _build
+
+    untrained = evaluate(_build(fresh), held)["psnr_db"]
+    assert evaluate(vae, held)["psnr_db"] > untrained + 1  # 60 steps already beat the random network
+    # the scaling factor makes the latents unit-std (SD's recipe)
+    with torch.no_grad():
+        z = vae.encode(world_frames(np.random.default_rng(6), 32, 32)).latent_dist.mean * vae.config.scaling_factor
+    assert 0.6 < float(z.std()) < 1.6
+
+
+def test_resume_and_refusal(vae_run, tmp_path):
+    out, _ = vae_run
+    with pytest.raises(InputError, match="--resume"):
+        train_autoencoder(AutoencoderTrainConfig(out=str(out), steps=61, vae=MICRO_VAE))
+    with pytest.raises(InputError, match="train-autoencoder"):
+        load_autoencoder(tmp_path)
+    (tmp_path / "autoencoder.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "autoencoder.json").write_text(json.dumps({"type": "AutoencoderKL", "config": {"latent_channels": 4}}))
+    with pytest.raises(WeightsError):
+        load_autoencoder(tmp_path)
+
+
+def test_unet_on_the_learned_latent_exports_and_generates(vae_run, tmp_path):
+    from test_train import FAST
+
+    from vcomp.pipeline import Pipeline
+    from vcomp.train.loop import TrainConfig, train
+    from vcomp.weights.embedded import load_embedded
+
+    out, _ = vae_run
+    micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    cfg = TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=2, stage2_at=1,
+                      autoencoder=str(out / "export"), export=str(tmp_path / "export"))
+    summary = train(cfg)
+    assert summary["step"] == 2
+    emb = load_embedded(tmp_path / "export")
+    assert emb.record["autoencoder"]["type"] == "AutoencoderKL"
+    assert emb.record["training"]["autoencoder"]["steps"] == 60  # the latent space's own training record
+    assert (emb.unet.cfg.in_dim, emb.unet.cfg.latent_scale) == (4, 2)
+    # the exported autoencoder is the trained one, bit for bit
+    vae, _ = load_autoencoder(out / "export")
+    for k, v in vae.state_dict().items():
+        assert torch.equal(emb.autoencoder.vae.state_dict()[k], v), k
+    pipe = Pipeline.load(device="cpu", preset="tiny", assets=tmp_path / "export")
+    result = pipe.generate(None, "a red circle moving left on a blue background", steps=2, size=(32, 32),
+                           num_frames=4)
+    assert result.frames.shape == (4, 32, 32, 3)
+    # resuming keeps the latent space (it travels in the checkpoint)
+    again = train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=3, resume=True), explicit={"steps"})
+    assert again["step"] == 3
+
+
+def test_tiny_preset_without_autoencoder_says_how_to_fix(tmp_path):
+    from test_train import FAST
+
+    from vcomp.train.loop import TrainConfig, train
+
+    micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    with pytest.raises(InputError, match="--autoencoder"):
+        train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1))
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    from vcomp.train.autoencoder import lr_at
+
+    cfg = AutoencoderTrainConfig(steps=1000, lr=1e-3, warmup=100, min_lr_ratio=0.05)
+    lrs = [lr_at(cfg, s) for s in range(0, 1001, 50)]
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[-1] == pytest.approx(5e-5)
