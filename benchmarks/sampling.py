@@ -43,7 +43,7 @@ def build(preset: str, device: torch.device):
         from vcomp.weights.embedded import random_embedded
 
         emb = random_embedded(seed=0)
-        return emb.unet.to(device), emb.autoencoder, 4
+        return emb.unet.to(device), emb.autoencoder, emb.autoencoder.factor
     cfg = get_config("official", stc_pool_size=None)
     unet = create_model(cfg, device=device).eval().requires_grad_(False)
     return unet, None, 8

@@ -128,3 +128,18 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
     assert lrs[-1] == pytest.approx(5e-5)
+
+
+def test_cli_trains_exports_and_records_its_command(tmp_path, capsys):
+    from vcomp.cli import main
+
+    out = tmp_path / "vae"
+    args = ["train-autoencoder", "--out", str(out), "--steps", "2", "--batch", "2", "--crop", "16", "--size", "32",
+            "--threads", "1", "--json", "-q"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 2 and summary["scaling_factor"] > 0
+    vae, record = load_autoencoder(out / "export")
+    assert record["training"]["commands"][-1][:2] == ["vcomp", "train-autoencoder"]
+    assert "--json" in record["training"]["commands"][-1]
+    assert main(args) == 2  # the run exists: --resume or another --out, a one-line error

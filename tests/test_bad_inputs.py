@@ -117,6 +117,7 @@ CASES = {
     "t2v size not WxH": (lambda m, o, w: ["t2v", PROMPT, "-o", o, "--size", "big"], 2),
     "t2v size not a multiple of the model cell": (lambda m, o, w: ["t2v", PROMPT, "-o", o, "--size", "40x40"], 2),
     "t2v zero steps": (lambda m, o, w: ["t2v", PROMPT, "-o", o, "--steps", "0"], 2),
+    "t2v more steps than DDIM has": (lambda m, o, w: ["t2v", PROMPT, "-o", o, "--steps", "501"], 2),
     "t2v zero frames": (lambda m, o, w: ["t2v", PROMPT, "-o", o, "--frames", "0"], 2),
     "t2v too many frames": (lambda m, o, w: ["t2v", PROMPT, "-o", o, "--frames", "999"], 2),
     "t2v unknown guide": (lambda m, o, w: ["t2v", PROMPT, "-o", o, "--guide", "bogus"], 2),
@@ -347,12 +348,12 @@ def test_sigterm_during_generation_leaves_no_partial_file(tmp_path):
     marker = tmp_path / "sampling"
     env = {**os.environ, "VCOMP_ALLOW_RANDOM": "1", "VCOMP_HOME": str(tmp_path / "home"),
            "SAMPLING_MARKER": str(marker), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _MARKED_RUN, "t2v", PROMPT, "--steps", "1000", "--frames", "16",
+    proc = subprocess.Popen([sys.executable, "-c", _MARKED_RUN, "t2v", PROMPT, "--steps", "500", "--frames", "16",
                              "-o", str(out / "o.mp4"), "-q"], stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 90
     while time.time() < deadline and proc.poll() is None and not marker.exists():
         time.sleep(0.02)
-    time.sleep(0.5)  # into the 1000 sampling steps
+    time.sleep(0.5)  # into the 500 sampling steps
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert marker.exists(), err

@@ -170,3 +170,17 @@ def test_known_region_is_kept(model):
     assert torch.equal(out[..., : H // 2, :], known_latent[..., : H // 2, :])
     assert not torch.allclose(out[..., H // 2 :, :], known_latent[..., H // 2 :, :])
     assert np.isfinite(out.numpy()).all()
+
+
+def test_max_steps_is_the_most_ddim_steps_the_schedule_allows():
+    from diffusers import DDIMScheduler
+
+    from vcomp.engine.sampling import MAX_STEPS, SCHEDULER_CONFIG
+
+    sched = DDIMScheduler(**SCHEDULER_CONFIG)
+    sched.set_timesteps(MAX_STEPS)
+    assert int(sched.timesteps.max()) == 999 and len(set(sched.timesteps.tolist())) == MAX_STEPS
+    sched.set_timesteps(MAX_STEPS + 1)  # stride 1: sampling would start at t = 501, far from pure noise
+    assert int(sched.timesteps.max()) == MAX_STEPS + 1
+    sched.set_timesteps(1000)
+    assert int(sched.timesteps.max()) == 1000  # past alphas_cumprod's last index (999)

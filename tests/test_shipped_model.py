@@ -25,10 +25,9 @@ def test_the_embedded_model_is_in_the_package_small_and_documented():
     assert weights.stat().st_size <= MAX_BYTES
     record = json.loads(config.read_text())
     assert record["model"]["name"] == "tiny" and record["model"]["prediction"] == "v"
-    assert record["autoencoder"]["type"] == "AutoencoderKL" and record["model"]["latent_scale"] == 8
-    training = record["training"]  # how to reproduce it: commands, seed, how its latent space was trained
+    training = record["training"]  # how to reproduce it: commands, seed, lineage of --init weights
     assert training["steps"] >= 1000 and training["commands"] and "seed" in training
-    assert training["autoencoder"]["commands"], "the autoencoder's own training commands are recorded too"
+    assert training["init"]["commands"], "the run it started from is recorded too"
 
 
 def test_the_shipped_model_loads_as_the_default_generator(shipped):

@@ -32,8 +32,10 @@ def _listed(value) -> list:
 
 def _options(steps=50, guidance=None, guide=None, seed=0, eta=0.0, negative_prompt="", preview=True,
              keep_known="both") -> GenerateOptions:
-    if not 1 <= int(steps) <= 1000:
-        raise InputError(f"--steps must be between 1 and 1000 (got {steps})")
+    from vcomp.engine.sampling import MAX_STEPS
+
+    if not 1 <= int(steps) <= MAX_STEPS:
+        raise InputError(f"--steps must be between 1 and {MAX_STEPS} (got {steps})")
     if guidance is not None and not float(guidance) >= 0:
         raise InputError(f"--guidance must be >= 0 (got {guidance})")
     return GenerateOptions(steps=int(steps), guidance=None if guidance is None else float(guidance), guide=guide, seed=int(seed), eta=float(eta),

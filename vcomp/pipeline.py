@@ -238,8 +238,10 @@ class Pipeline:
         conditions = conditions if conditions is not None else ConditionSet()
         if keep_known not in KEEP_KNOWN:
             raise InputError(f"keep_known must be one of {', '.join(KEEP_KNOWN)}, got {keep_known!r}")
-        if not 1 <= int(steps) <= 1000:
-            raise InputError(f"steps must be in 1..1000, got {steps}")
+        from vcomp.engine.sampling import MAX_STEPS
+
+        if not 1 <= int(steps) <= MAX_STEPS:
+            raise InputError(f"steps must be in 1..{MAX_STEPS}, got {steps}")
         if eta < 0:
             raise InputError(f"eta must be >= 0, got {eta}")
         if guide is None:

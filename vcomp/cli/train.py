@@ -117,11 +117,12 @@ def train(
                     f"{summary['s_per_step']:.2f} s/step; checkpoint in {summary['checkpoint']}{where}")
 
 
-def _command_line(options: dict) -> list[str]:
-    """The `vcomp train ...` invocation, rebuilt from the options given (recorded in train.json)."""
+def _command_line(options: dict, command: str = "train") -> list[str]:
+    """The `vcomp train ...` (or `vcomp COMMAND ...`) invocation, rebuilt from the options given
+    (recorded in train.json)."""
     import os
 
-    words = ["vcomp", "train"]
+    words = ["vcomp", command]
     for name, value in options.items():
         if value is None or value is False:
             continue
@@ -207,12 +208,7 @@ def train_autoencoder(
     from vcomp.train.autoencoder import train_autoencoder as run
 
     console.set_quiet(quiet)
-    command = ["vcomp", "train-autoencoder"]
-    for name, value in options.items():
-        if value is None or value is False:
-            continue
-        flag = "--json" if name == "json_out" else "--" + name.replace("_", "-")
-        command += [flag] if value is True else [flag, str(value)]
+    command = _command_line(options, "train-autoencoder")
     cfg = AutoencoderTrainConfig(out=out, steps=steps, batch=batch, crop=crop, size=size, lr=lr, kl_weight=kl_weight,
                                  seed=seed, max_minutes=max_minutes, threads=threads, resume=resume, command=command)
     show = console.interactive()

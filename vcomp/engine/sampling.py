@@ -27,6 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
+# DDIM steps at most: "leading" spacing with steps_offset 1 gives timesteps k * (1000 // steps) + 1.
+# Above 500 steps the stride is 1, so sampling starts at t = steps, not near 999, and at 1000 steps
+# it indexes past the schedule (an IndexError a 1000-step run hit).
+MAX_STEPS = 500
+
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,

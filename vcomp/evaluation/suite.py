@@ -316,8 +316,10 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
     guidance = pipeline.guidance_or_default(guidance)
     if n < 1:
         raise InputError(f"--n must be at least 1 (got {n})")
-    if not 1 <= int(steps) <= 1000:
-        raise InputError(f"--steps must be in 1..1000 (got {steps})")
+    from vcomp.engine.sampling import MAX_STEPS
+
+    if not 1 <= int(steps) <= MAX_STEPS:
+        raise InputError(f"--steps must be in 1..{MAX_STEPS} (got {steps})")
     width, height = pipeline.default_size
     if width != height:
         raise InputError(f"the world suite renders square scenes; the model's size is {width}x{height}")
