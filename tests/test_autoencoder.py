@@ -60,7 +60,7 @@ def test_training_improves_reconstruction_and_exports(vae_run):
     fresh = AutoencoderTrainConfig(vae=MICRO_VAE)
     from vcomp.train.autoencoder import _build
 
-    untrained = evaluate(_build(fresh), held)["psnr_db"]
+    untrained = evaluate(_build(fresh)[0], held)["psnr_db"]
     assert evaluate(vae, held)["psnr_db"] > untrained + 1  # 60 steps already beat the random network
     # the scaling factor makes the latents unit-std (SD's recipe)
     with torch.no_grad():
@@ -108,6 +108,66 @@ def test_unet_on_the_learned_latent_exports_and_generates(vae_run, tmp_path):
     # resuming keeps the latent space (it travels in the checkpoint)
     again = train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=3, resume=True), explicit={"steps"})
     assert again["step"] == 3
+
+
+def test_decoder_only_keeps_the_latent_space_and_replaces_the_models_decoder(vae_run, tmp_path):
+    """--decoder-only --init: the encoder (so every latent a UNet was trained on) and the scaling
+    factor stay bit-identical, the decoder changes; with_decoder then swaps it into an embedded
+    model trained in that latent, and refuses an autoencoder with another encoder."""
+    from test_train import FAST
+
+    from vcomp.train.loop import TrainConfig, train
+    from vcomp.weights.embedded import load_embedded, with_decoder
+
+    out, _ = vae_run
+    base, _ = load_autoencoder(out / "export")
+    cfg = AutoencoderTrainConfig(out=str(tmp_path / "dec"), steps=6, batch=4, crop=32, size=32, lr=1e-3, warmup=1,
+                                 log_every=3, threads=1, init=str(out / "export"), decoder_only=True, object_weight=4.0)
+    summary = train_autoencoder(cfg)
+    tuned, record = load_autoencoder(summary["export"])
+    assert record["training"]["init"]["steps"] == 60 and record["config"]["scaling_factor"] == base.config.scaling_factor
+    old, new = base.state_dict(), tuned.state_dict()
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+
+    micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1,
+                      autoencoder=str(out / "export"), export=str(tmp_path / "model")))
+    before = load_embedded(tmp_path / "model")
+    with_decoder(tmp_path / "model", tuned, tmp_path / "swapped", history=record["training"])
+    after = load_embedded(tmp_path / "swapped")
+    for k, v in tuned.state_dict().items():
+        assert torch.equal(after.autoencoder.vae.state_dict()[k], v), k
+    for k, v in before.unet.state_dict().items():
+        assert torch.equal(after.unet.state_dict()[k], v), k
+    assert after.record["training"]["decoder"]["init"]["steps"] == 60
+    other = AutoencoderTrainConfig(out=str(tmp_path / "other"), steps=1, batch=2, crop=32, size=32, threads=1,
+                                   vae=MICRO_VAE, seed=9)
+    stranger, _ = load_autoencoder(train_autoencoder(other)["export"])
+    with pytest.raises(WeightsError, match="encoder"):
+        with_decoder(tmp_path / "model", stranger)
+    with pytest.raises(InputError, match="--init"):
+        train_autoencoder(AutoencoderTrainConfig(out=str(tmp_path / "x"), steps=1, decoder_only=True))
+
+
+def test_object_weight_moves_the_reconstruction_loss_to_the_objects():
+    from vcomp.train.autoencoder import autoencoder_loss
+
+    x, focus = world_frames(np.random.default_rng(2), 4, 32, masks=True)
+    assert focus.shape == (4, 1, 32, 32) and 0 < focus.mean() < 0.5
+    torch.manual_seed(0)
+    from diffusers import AutoencoderKL
+
+    from vcomp.train.autoencoder import world_vae_config
+
+    vae = AutoencoderKL(**world_vae_config(**MICRO_VAE))
+    torch.manual_seed(1)
+    plain, _ = autoencoder_loss(vae, x, 0.0, 0.0)
+    torch.manual_seed(1)
+    same, _ = autoencoder_loss(vae, x, 0.0, 0.0, focus, 0.0)
+    torch.manual_seed(1)
+    weighted, _ = autoencoder_loss(vae, x, 0.0, 0.0, focus, 9.0)
+    assert same == plain and abs(weighted - plain) > 1e-4
 
 
 def test_tiny_preset_without_autoencoder_says_how_to_fix(tmp_path):

@@ -18,7 +18,7 @@ from vcomp.errors import InputError
 from vcomp.train.checkpoint import LOG_FILE, load_checkpoint
 from vcomp.train.data import FolderSource, Request, TrainDataset, WorldSource, collate, plan_step, random_mask
 from vcomp.train.dropout import DropoutConfig, sample_keep
-from vcomp.train.loop import Schedule, TrainConfig, Trainer, parse_curriculum, train
+from vcomp.train.loop import Schedule, TrainConfig, Trainer, focus_weights, parse_curriculum, train
 
 # A micro UNet (~0.45 M parameters) on 4 frames of 32 x 32 px: a training step takes ~0.2 s. It denoises
 # the parameter-free pixel-unshuffle latent (48 channels at factor 4), so no autoencoder has to be trained.
@@ -121,6 +121,44 @@ def test_world_items_use_the_inference_adapter():
     rng = np.random.default_rng(0)
     box = random_mask(rng, 4, 32)
     assert box.shape == (4, 1, 32, 32) and 0.05 < box.mean() < 0.6
+
+
+def test_world_items_carry_the_object_focus():
+    from vcomp.model.adapters import TinyAdapter
+
+    data = TrainDataset(WorldSource(seed=0), TinyAdapter())
+    for conditions in (False, True):
+        item = data[Request(index=3, seed=5, frames=4, size=32, conditions=conditions)]
+        focus = item["focus"]
+        assert focus.shape == (1, 4, 32, 32) and set(focus.unique().tolist()) == {0.0, 1.0}
+        assert 0.02 < focus.mean() < 0.5  # the objects: a small part of every frame
+        # the focus is where the objects are: their pixels differ from the background colour
+        video = item["video"]
+        corner = video[:, :, :2, :2].mean(dim=(2, 3), keepdim=True)
+        inside = (video - corner).abs().sum(0, keepdim=True)[focus > 0].mean()
+        outside = (video - corner).abs().sum(0, keepdim=True)[focus == 0].mean()
+        assert inside > 2 * outside
+    assert collate([item, item])["focus"].shape == (2, 1, 4, 32, 32)
+
+
+def test_focus_weights_per_latent_cell():
+    focus = torch.zeros(1, 1, 2, 16, 16)
+    focus[..., :4, :4] = 1.0  # one whole 4 x 4 cell
+    focus[..., 4:6, 4:8] = 1.0  # half of another
+    w = focus_weights(focus, (1, 8, 2, 4, 4), object_weight=3.0)
+    assert w.shape == (1, 1, 2, 4, 4)
+    assert w[0, 0, 0, 0, 0] == 4.0 and w[0, 0, 0, 1, 1] == 2.5 and w[0, 0, 0, 3, 3] == 1.0
+
+
+def test_object_weight_shifts_the_loss_towards_the_objects(tmp_path):
+    """The same step with object weighting on gives a different loss (objects weigh more) and
+    leaves the unweighted MSE it logs unchanged."""
+    plain = Trainer(micro(tmp_path / "a", stage="1", steps=1)).setup()
+    batch = collate([plain.dataset[r] for r in plain.requests(0)])
+    weighted = Trainer(micro(tmp_path / "b", stage="1", steps=1, object_weight=4.0)).setup()
+    a, b = plain.train_step(0, batch), weighted.train_step(0, batch)
+    assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)
+    assert abs(a["loss"] - b["loss"]) > 1e-3 * a["loss"]
 
 
 # ---------------------------------------------------------------- training

@@ -27,7 +27,7 @@ _FIELDS = {
     "eval_every": "eval_every", "max_minutes": "max_minutes", "session_steps": "session_steps",
     "device": "device", "precision": "precision", "workers": "workers", "threads": "threads", "out": "out",
     "init": "init", "autoencoder": "autoencoder", "export": "export", "world_clips": "world_clips", "cache": "cache", "stride": "stride",
-    "text_len": "text_len", "user_path_prob": "user_path_prob",
+    "text_len": "text_len", "user_path_prob": "user_path_prob", "object_weight": "object_weight",
 }
 
 
@@ -43,6 +43,7 @@ def train(
     warmup: int = typer.Option(None, "--warmup", help="Linear warm-up steps. Default: 200."),
     ema: float = typer.Option(None, "--ema", help="EMA decay of the weights (the exported model). Default: 0.999."),
     min_snr: float = typer.Option(None, "--min-snr", help="min-SNR-gamma loss weighting; 0 = plain MSE. Default: 5."),
+    object_weight: float = typer.Option(None, "--object-weight", help="Extra loss weight on the latent cells the world's objects cover (loss weight 1 + this x coverage); 0 = plain mean. Default: 0."),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip; 0 = off. Default: 1."),
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. Default: 0.01."),
     frames_curriculum: str = typer.Option(None, "--frames-curriculum", help="Frames per clip over training: '8,16' (even split) or '8:3000,16'. Default: 16."),
@@ -193,6 +194,10 @@ def train_autoencoder(
     size: int = typer.Option(64, "--size", help="Side of the rendered world frames the crops come from."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (after a linear warm-up)."),
     kl_weight: float = typer.Option(1e-5, "--kl-weight", help="Weight of the KL term (per pixel value)."),
+    object_weight: float = typer.Option(0.0, "--object-weight", help="Extra pixel-loss weight on the world's objects (1 + this on their pixels); 0 = plain mean."),
+    init: str = typer.Option(None, "--init", help="Start from this autoencoder export, or from the autoencoder of an embedded model folder."),
+    decoder_only: bool = typer.Option(False, "--decoder-only", help="Train only the decoder (needs --init): the latent space, and a UNet trained in it, stay valid."),
+    apply_to: str = typer.Option(None, "--apply-to", help="With --decoder-only: afterwards write the new decoder into the embedded model in this folder (whose encoder must be the --init one)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the data."),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (with a checkpoint and an export) after this many minutes."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads. Default: all cores."),
@@ -209,8 +214,13 @@ def train_autoencoder(
 
     console.set_quiet(quiet)
     command = _command_line(options, "train-autoencoder")
+    if apply_to is not None and not decoder_only:
+        from vcomp.errors import InputError
+
+        raise InputError("--apply-to needs --decoder-only (a new encoder would invalidate the model's UNet)")
     cfg = AutoencoderTrainConfig(out=out, steps=steps, batch=batch, crop=crop, size=size, lr=lr, kl_weight=kl_weight,
-                                 seed=seed, max_minutes=max_minutes, threads=threads, resume=resume, command=command)
+                                 seed=seed, max_minutes=max_minutes, threads=threads, resume=resume, command=command,
+                                 object_weight=object_weight, init=init, decoder_only=decoder_only)
     show = console.interactive()
     with console.progress_bar(transient=False) if show else _Nothing() as bar:
         task = bar.add_task("autoencoder", total=steps) if show else None
@@ -221,6 +231,12 @@ def train_autoencoder(
                            description=f"autoencoder loss {info['loss']:.4f}")
 
         summary = run(cfg, on_event=event)
+    if apply_to is not None:
+        from vcomp.train.autoencoder import load_autoencoder
+        from vcomp.weights.embedded import with_decoder
+
+        vae, record = load_autoencoder(summary["export"])
+        summary["applied_to"] = str(with_decoder(apply_to, vae, history=record.get("training"))[0].parent)
     if json_out:
         console.print_json(summary)
     else:

@@ -76,6 +76,9 @@ class AutoencoderTrainConfig:
     max_minutes: float | None = None
     threads: int | None = None
     resume: bool = False
+    object_weight: float = 0.0  # extra pixel-loss weight on the objects (1 + this on object pixels)
+    init: str | None = None  # start from this autoencoder export (or embedded model) instead of random weights
+    decoder_only: bool = False  # freeze the encoder: the latent space (and a UNet trained on it) stays valid
     vae: dict = field(default_factory=dict)  # world_vae_config overrides
     command: list[str] = field(default_factory=list)
 
@@ -83,36 +86,55 @@ class AutoencoderTrainConfig:
         return asdict(self)
 
 
-def world_frames(rng: np.random.Generator, n: int, size: int, split: str = "train") -> torch.Tensor:
-    """`n` frames [n, 3, size, size] in [-1, 1] from random world scenes (two frames per scene)."""
+def world_frames(rng: np.random.Generator, n: int, size: int, split: str = "train", masks: bool = False):
+    """`n` frames [n, 3, size, size] in [-1, 1] from random world scenes (two frames per scene);
+    with `masks`, also the objects' masks [n, 1, size, size] in {0, 1}."""
     from vcomp.train.synthetic import render, sample_scene
 
-    frames = []
+    frames, objects = [], []
     while len(frames) < n:
         scene = sample_scene(rng, split, (1, 2), size, 8)
-        clip = render(scene, motion="none").frames  # uint8 [T, H, W, 3]
-        for ti in rng.choice(len(clip), size=2, replace=False):
-            frames.append(clip[ti])
-    x = torch.from_numpy(np.stack(frames[:n])).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+        sample = render(scene, motion="none")  # frames uint8 [T, H, W, 3], mask [T, 1, H, W]
+        for ti in rng.choice(len(sample.frames), size=2, replace=False):
+            frames.append(sample.frames[ti])
+            objects.append(sample.mask[ti])
+    x = torch.from_numpy(np.stack(frames[:n])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return (x, torch.from_numpy(np.stack(objects[:n])).float()) if masks else x
 
 
-def random_crops(x: torch.Tensor, crop: int, rng: np.random.Generator) -> torch.Tensor:
+def random_crops(x: torch.Tensor, crop: int, rng: np.random.Generator, *others: torch.Tensor):
+    """The same random `crop` x `crop` window of each frame of `x` (and of `others`, e.g. masks)."""
     if crop >= x.shape[-1]:
-        return x
+        return (x, *others) if others else x
     ys = rng.integers(0, x.shape[-2] - crop + 1, len(x))
     xs = rng.integers(0, x.shape[-1] - crop + 1, len(x))
-    return torch.stack([f[:, y:y + crop, c:c + crop] for f, y, c in zip(x, ys, xs)])
+    out = [torch.stack([f[:, y:y + crop, c:c + crop] for f, y, c in zip(t, ys, xs)]) for t in (x, *others)]
+    return tuple(out) if others else out[0]
 
 
-def autoencoder_loss(vae, x: torch.Tensor, kl_weight: float, grad_weight: float) -> tuple[torch.Tensor, dict]:
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return values.mean()
+    weights = weights.expand_as(values)
+    return (values * weights).sum() / weights.sum()
+
+
+def autoencoder_loss(vae, x: torch.Tensor, kl_weight: float, grad_weight: float,
+                     focus: torch.Tensor | None = None, object_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """L1 + MSE + `grad_weight` x image-gradient L1 + `kl_weight` x KL. With `focus` (object masks
+    [B, 1, H, W]) and `object_weight` K, pixel terms weigh 1 + K on the objects: they fill 4-11% of
+    a frame, and a plain mean lets a small decoder trade their outlines (which the shape checks
+    read) for the background's texture."""
     posterior = vae.encode(x).latent_dist
     recon = vae.decode(posterior.sample()).sample
     err = recon - x
-    l1, mse = err.abs().mean(), err.pow(2).mean()
+    w = 1.0 + object_weight * focus if (focus is not None and object_weight) else None
+    l1, mse = _weighted_mean(err.abs(), w), _weighted_mean(err.pow(2), w)
     gx = (recon[..., :, 1:] - recon[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
     gy = (recon[..., 1:, :] - recon[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
-    grad = gx.abs().mean() + gy.abs().mean()
+    wx = None if w is None else torch.maximum(w[..., :, 1:], w[..., :, :-1])
+    wy = None if w is None else torch.maximum(w[..., 1:, :], w[..., :-1, :])
+    grad = _weighted_mean(gx.abs(), wx) + _weighted_mean(gy.abs(), wy)
     kl = posterior.kl().mean() / x[0].numel()  # per pixel value, so the weight does not depend on the crop
     loss = l1 + mse + grad_weight * grad + kl_weight * kl
     return loss, {"l1": l1.item(), "mse": mse.item(), "grad": grad.item(), "kl": kl.item()}
@@ -141,10 +163,37 @@ def lr_at(cfg: AutoencoderTrainConfig, step: int) -> float:
 
 
 def _build(cfg: AutoencoderTrainConfig):
+    """(AutoencoderKL, how the --init one was trained): fresh, or the `--init` one (an
+    autoencoder export or an embedded model)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(cfg.seed)
-    return AutoencoderKL(**world_vae_config(**cfg.vae))
+    if cfg.init:
+        vae, record = load_any_autoencoder(cfg.init)
+        return vae.requires_grad_(True), {"source": str(cfg.init), **record.get("training", {})}
+    if cfg.decoder_only:
+        raise InputError("--decoder-only fine-tunes an existing latent space: pass --init DIR")
+    return AutoencoderKL(**world_vae_config(**cfg.vae)), None
+
+
+def decoder_parameters(vae) -> list:
+    """What a decoder-only run trains: everything after the latent (post_quant_conv + decoder)."""
+    return list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+
+
+def load_any_autoencoder(folder: str | os.PathLike):
+    """(AutoencoderKL, record) from an `export_autoencoder` folder or an embedded-model folder
+    whose latent is a learned AutoencoderKL."""
+    folder = Path(folder).expanduser()
+    if (folder / FILES[0]).is_file():
+        return load_autoencoder(folder)
+    from vcomp.weights.embedded import load_embedded
+
+    emb = load_embedded(folder)
+    if not hasattr(emb.autoencoder, "vae"):
+        raise InputError(f"--init {folder}: that model's latent is a pixel unshuffle; there is no autoencoder to train")
+    vae = emb.autoencoder.vae.float()
+    return vae, {"training": emb.record.get("training", {}).get("autoencoder") or {}}
 
 
 def export_autoencoder(folder: str | os.PathLike, vae, training: dict) -> tuple[Path, Path]:
@@ -197,8 +246,13 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
     existing = find_checkpoint(out)
     if existing is not None and not cfg.resume:
         raise InputError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
-    vae = _build(cfg)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    vae, init_history = _build(cfg)
+    fixed_scale = float(vae.config.scaling_factor) if cfg.decoder_only else None
+    if cfg.decoder_only:
+        vae.requires_grad_(False)
+        for p in decoder_parameters(vae):
+            p.requires_grad_(True)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     start, wall, sessions = 0, 0.0, []
     if existing is not None:
         ckpt = load_checkpoint(existing)
@@ -223,13 +277,14 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
 
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, 1, step])
-        x = random_crops(world_frames(rng, cfg.batch, cfg.size), cfg.crop, rng)
+        x, focus = world_frames(rng, cfg.batch, cfg.size, masks=True)
+        x, focus = random_crops(x, cfg.crop, rng, focus)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        loss, parts = autoencoder_loss(vae, x, cfg.kl_weight, cfg.grad_weight)
+        loss, parts = autoencoder_loss(vae, x, cfg.kl_weight, cfg.grad_weight, focus, cfg.object_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in vae.parameters() if p.requires_grad], 1.0)
         opt.step()
         step += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -247,13 +302,18 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
     save(step)
     vae.eval()
     stats = evaluate(vae, held)
-    with torch.no_grad():  # SD's recipe: scale latents to unit std
-        z = vae.encode(world_frames(np.random.default_rng([cfg.seed, 8]), 256, cfg.size)).latent_dist.mean
-    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    if fixed_scale is not None:  # the encoder is unchanged: so is the latent space and its scale
+        vae.register_to_config(scaling_factor=fixed_scale)
+    else:
+        with torch.no_grad():  # SD's recipe: scale latents to unit std
+            z = vae.encode(world_frames(np.random.default_rng([cfg.seed, 8]), 256, cfg.size)).latent_dist.mean
+        vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     training = {"steps": step, "wall_time_s": wall + time.monotonic() - t0, "config": cfg.to_dict(),
                 "heldout_psnr_db": stats["psnr_db"], "command": cfg.command,
                 "commands": [s.get("command") for s in sessions] + [cfg.command],
                 "hardware": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    if init_history is not None:
+        training["init"] = init_history
     paths = export_autoencoder(out / "export", vae, training)
     summary = {"step": step, **stats, "scaling_factor": vae.config.scaling_factor, "export": str(paths[0].parent)}
     on_event("done", summary)

@@ -127,6 +127,7 @@ class RawClip:
     caption: str
     conditions: ConditionSet | None = None
     info: dict = field(default_factory=dict)
+    focus: np.ndarray | None = None  # float32 [T, 1, H, W] in [0, 1]: where the loss weighs more (the objects)
 
 
 # ---------------------------------------------------------------- the procedural world
@@ -182,15 +183,16 @@ class WorldSource:
         data = self._dataset(req.frames, req.size, req.conditions)
         item = data[req.index]
         frames = item["frames"]
+        focus = item["mask"]
         if not req.conditions:
-            return RawClip(frames, item["caption"])
+            return RawClip(frames, item["caption"], focus=focus)
         arrays = {k: item[k] for k in ("motion", "depth", "sketch", "image", "single_sketch", "style")}
         user_path = rng.random() < self.user_path_prob
         if user_path:
             arrays.update(user_path_conditions(frames))
         arrays["mask"] = random_mask(rng, req.frames, req.size, item["mask"], self.p_object_mask)
         cs = ConditionSet(**arrays, meta={"fps": WORLD_FPS, "source": "world"})
-        return RawClip(frames, item["caption"], cs, {"user_path": bool(user_path)})
+        return RawClip(frames, item["caption"], cs, {"user_path": bool(user_path)}, focus=focus)
 
 
 # ---------------------------------------------------------------- a folder of the user's videos
@@ -341,6 +343,8 @@ class TrainDataset(torch.utils.data.Dataset):
         raw = self.source.clip(req, rng)
         video = torch.from_numpy(raw.frames).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
         item = {"video": video, "caption": raw.caption}
+        if raw.focus is not None:
+            item["focus"] = torch.from_numpy(np.ascontiguousarray(raw.focus, np.float32)).permute(1, 0, 2, 3)
         if raw.conditions is not None:
             inputs = self.adapter.prepare(raw.conditions, req.frames, (req.size, req.size), source_frames=raw.frames)
             item["conditions"] = {k: v[0] for k, v in inputs.conditions.items()}
@@ -351,6 +355,8 @@ class TrainDataset(torch.utils.data.Dataset):
 def collate(items: list[dict]) -> dict:
     """Stack a list of items into a batch (captions stay a list)."""
     batch = {"video": torch.stack([it["video"] for it in items]), "caption": [it["caption"] for it in items]}
+    if all("focus" in it for it in items):
+        batch["focus"] = torch.stack([it["focus"] for it in items])
     if "conditions" in items[0]:
         batch["conditions"] = {k: torch.stack([it["conditions"][k] for it in items]) for k in items[0]["conditions"]}
         styles = [it.get("style") for it in items]

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from vcomp.engine.parameterization import min_snr_weights, target, to_eps
 from vcomp.errors import InputError
@@ -91,6 +92,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.999  # EMA decay (warmed up as min(ema, (1 + s) / (10 + s)))
     min_snr_gamma: float | None = 5.0  # None: plain MSE
+    object_weight: float = 0.0  # extra loss weight on the latent cells the objects cover (world data; 0: plain mean)
     frames_curriculum: str = "16"  # "8,16" (even split of the steps) or "8:4000,16" (until step 4000)
     size_curriculum: str | None = None  # e.g. "32,64"; default: the preset's size (64 for tiny)
     seed: int = 0
@@ -218,6 +220,19 @@ class Denoiser(nn.Module):
 
 
 @torch.no_grad()
+def focus_weights(focus: torch.Tensor, latent_shape, object_weight: float) -> torch.Tensor:
+    """Loss weight per latent cell, `1 + object_weight x` the fraction of the cell the objects cover.
+
+    Why: in the world the objects fill 4-11% of a frame, so a plain mean spends ~90% of the loss on
+    backgrounds, which are learnt first; the object's colour, shape and path, which the text names
+    and the evaluation reads, then get a small share of every step. `focus` is [B, 1, T, H, W] in
+    [0, 1]; the result [B, 1, T, h, w] broadcasts over the latent's channels."""
+    h, w = latent_shape[-2:]
+    fy, fx = focus.shape[-2] // h, focus.shape[-1] // w
+    cover = F.avg_pool3d(focus.float(), kernel_size=(1, fy, fx))
+    return 1.0 + object_weight * cover
+
+
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     ema_p = [p for p in ema.parameters()]
     src_p = [p.detach() for p in model.parameters()]
@@ -540,9 +555,16 @@ class Trainer:
         with self._autocast():
             pred = self.ddp(x_t, t.to(dev), ids, style, conditions or None, drop)
         goal = target(latent, noise, t, kind, self.alphas_cumprod)
-        per_sample = (pred.float() - goal).pow(2).mean(dim=tuple(range(1, pred.ndim)))
+        err = (pred.float() - goal).pow(2)
+        dims = tuple(range(1, pred.ndim))
+        per_sample = err.mean(dim=dims)
+        if cfg.object_weight and batch.get("focus") is not None:
+            cells = focus_weights(batch["focus"].to(dev), latent.shape, cfg.object_weight)
+            weighted = (err * cells).mean(dim=dims) / cells.expand_as(err).mean(dim=dims)
+        else:
+            weighted = per_sample
         weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma, kind).to(dev)
-        loss = (per_sample * weights).mean()
+        loss = (weighted * weights).mean()
 
         lr = self.schedule.lr_at(step)
         for group in self.optimizer.param_groups:

@@ -199,3 +199,30 @@ def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.d
     if hasattr(autoencoder, "vae"):
         autoencoder.vae.to(device)
     return EmbeddedModel(unet.to(device).eval(), text.to(device).eval(), autoencoder, record, str(weights_path))
+
+
+DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
+
+
+def with_decoder(folder: str | os.PathLike, vae, out: str | os.PathLike | None = None,
+                 history: dict | None = None) -> tuple[Path, Path]:
+    """Write the embedded model in `folder` with the decoder of `vae` into `out` (default: in place).
+
+    Why: a decoder fine-tuned with the encoder frozen (`vcomp train-autoencoder --decoder-only`)
+    sharpens every output without touching the latent space the UNet was trained in. So the
+    encoder and the scaling factor of `vae` must be the model's own, or this refuses."""
+    emb = load_embedded(folder)
+    if not hasattr(emb.autoencoder, "vae"):
+        raise WeightsError(f"{folder}: this embedded model's latent is a pixel unshuffle; it has no decoder to replace")
+    old, new = emb.autoencoder.vae.state_dict(), vae.state_dict()
+    encoder = [k for k in old if not k.startswith(DECODER_PREFIXES)]
+    same = set(old) == set(new) and all(torch.equal(old[k].float().cpu(), new[k].float().cpu()) for k in encoder)
+    if not same or abs(float(vae.config.scaling_factor) - float(emb.autoencoder.vae.config.scaling_factor)) > 1e-6:
+        raise WeightsError(f"{folder}: the new autoencoder's encoder is not this model's (its UNet was trained in "
+                           "another latent space); fine-tune with --decoder-only --init on this model")
+    emb.autoencoder.vae.load_state_dict({k: v.float() for k, v in new.items()})
+    training = dict(emb.record.get("training", {}))
+    if history is not None:
+        training["decoder"] = history
+    return save_embedded(out or folder, emb.unet, emb.text_encoder, training, emb.autoencoder,
+                         emb.record.get("style"), emb.record.get("sampling"))
