@@ -7,7 +7,22 @@ from __future__ import annotations
 import pytest
 
 
+def _isolate(patch: pytest.MonkeyPatch, tmp_path_factory) -> None:
+    patch.setenv("VCOMP_HOME", str(tmp_path_factory.mktemp("vcomp-home")))
+    patch.setenv("VCOMP_ASSETS", str(tmp_path_factory.mktemp("no-embedded-model")))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_session(tmp_path_factory):
+    """For module- and session-scoped fixtures, which are built before any function-scoped one
+    (a module's shared pipeline would otherwise load the shipped model)."""
+    patch = pytest.MonkeyPatch()
+    _isolate(patch, tmp_path_factory)
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def isolated_weights(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("VCOMP_HOME", str(tmp_path_factory.mktemp("vcomp-home")))
-    monkeypatch.setenv("VCOMP_ASSETS", str(tmp_path_factory.mktemp("no-embedded-model")))
+    """Fresh, empty folders for every test."""
+    _isolate(monkeypatch, tmp_path_factory)

@@ -261,7 +261,7 @@ def assets(tmp_path, monkeypatch) -> Path:
 
     folder = tmp_path / "assets"
     emb = random_embedded()
-    save_embedded(folder, emb.unet, emb.text_encoder)
+    save_embedded(folder, emb.unet, emb.text_encoder, autoencoder=emb.autoencoder)
     monkeypatch.setenv("VCOMP_ASSETS", str(folder))
     monkeypatch.delenv("VCOMP_ALLOW_RANDOM")
     return folder

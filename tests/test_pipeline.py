@@ -93,7 +93,19 @@ def test_guide_choice_changes_the_unconditional_branch(pipe):
         pipe.generate(cs, "a red circle", steps=1, size=(S, S), guide="canny")
 
 
-def test_inpainting_keeps_the_source_outside_the_mask(pipe):
+@pytest.fixture(scope="module")
+def pixel_pipe():
+    """A random tiny model on the parameter-free pixel-unshuffle latent (the first release's)."""
+    from vcomp.pipeline import EMBEDDED_GUIDANCE
+    from vcomp.weights.embedded import random_embedded
+
+    emb = random_embedded(0, in_dim=48, out_dim=48, latent_scale=4)
+    return Pipeline(emb.unet, emb.autoencoder, emb.text_encoder, TinyAdapter(style_dim=emb.unet.cfg.style_dim),
+                    preset="tiny", device="cpu", size=(64, 64), num_frames=16, guidance=EMBEDDED_GUIDANCE)
+
+
+def test_inpainting_keeps_the_source_outside_the_mask(pixel_pipe):
+    pipe = pixel_pipe
     src = source(h=S, w=S)
     mask = np.zeros((T, 1, S, S), np.float32)
     mask[:, :, 8:24, 8:24] = 1
@@ -116,7 +128,7 @@ def test_bad_requests_are_input_errors(pipe):
         pipe.generate(make_conditions(mask=None), "circle", steps=1, num_frames=4, size=(S, S))
     with pytest.raises(InputError, match="1024-d"):
         pipe.generate(ConditionSet(style=np.zeros(1024, np.float32)), "circle", steps=1, num_frames=2, size=(S, S))
-    with pytest.raises(InputError, match="multiple of 16"):
+    with pytest.raises(InputError, match="must be a multiple of 32 pixels"):  # 8 px per latent cell, 2 down-samplings
         pipe.generate(None, "circle", steps=1, num_frames=2, size=(40, 40))
     assert pipe.generate(None, "circle", steps=1, num_frames=2, size=(S, S)).frames.shape == (2, S, S, 3)
 
@@ -139,7 +151,8 @@ def test_pipeline_loads_a_saved_embedded_model(tmp_path, pipe):
     from vcomp.weights.embedded import save_embedded
 
     # fp32 storage: the loaded model is the saved one, bit for bit
-    save_embedded(tmp_path, pipe.unet, pipe.text_encoder, training={"note": "test"}, dtype=torch.float32)
+    save_embedded(tmp_path, pipe.unet, pipe.text_encoder, training={"note": "test"}, autoencoder=pipe.autoencoder,
+                  dtype=torch.float32)
     loaded = Pipeline.load(assets=tmp_path, device="cpu", allow_random=False)
     assert loaded.weights["embedded"].endswith("embedded.safetensors")
     cs = make_conditions(mask=None)
@@ -153,9 +166,11 @@ def test_embedded_model_is_stored_in_fp16_and_computed_in_fp32(tmp_path, pipe):
 
     from vcomp.weights.embedded import save_embedded
 
-    weights, _ = save_embedded(tmp_path, pipe.unet, pipe.text_encoder)  # the shipped default: fp16
+    weights, _ = save_embedded(tmp_path, pipe.unet, pipe.text_encoder, autoencoder=pipe.autoencoder)  # default: fp16
     stored = load_file(str(weights))
-    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    # UNet and text encoder in fp16; a learned autoencoder stays fp32 (its decoder sets the output's quality)
+    assert {v.dtype for k, v in stored.items() if v.is_floating_point() and not k.startswith("vae.")} == {torch.float16}
+    assert {v.dtype for k, v in stored.items() if k.startswith("vae.")} <= {torch.float32}
     loaded = Pipeline.load(assets=tmp_path, device="cpu", allow_random=False)
     for name, p in loaded.unet.state_dict().items():
         if p.is_floating_point():
@@ -300,7 +315,7 @@ def test_default_guidance_is_the_models(tmp_path, pipe):
     nine = pipe.generate(cs, "a red circle", steps=1, size=(S, S), seed=2, guidance=9.0)
     assert default.info["guidance"] == 4.0 and np.array_equal(default.frames, explicit.frames)
     assert not np.array_equal(default.frames, nine.frames)
-    _, config = save_embedded(tmp_path, pipe.unet, pipe.text_encoder)
+    _, config = save_embedded(tmp_path, pipe.unet, pipe.text_encoder, autoencoder=pipe.autoencoder)
     record = _json.loads(config.read_text())
     config.write_text(_json.dumps({**record, "sampling": {"guidance": 2.5}}))  # a model may carry its own
     assert Pipeline.load(assets=tmp_path, device="cpu", allow_random=False).default_guidance == 2.5

@@ -28,6 +28,10 @@ def test_the_embedded_model_is_in_the_package_small_and_documented():
     training = record["training"]  # how to reproduce it: commands, seed, lineage of --init weights
     assert training["steps"] >= 1000 and training["commands"] and "seed" in training
     assert training["init"]["commands"], "the run it started from is recorded too"
+    if record["autoencoder"]["type"] == "AutoencoderKL":  # a learned latent: how it was trained, too
+        assert training["autoencoder"]["commands"] and training["autoencoder"]["steps"] >= 1000
+        decoder = training.get("decoder")  # a decoder fine-tuned afterwards (encoder frozen)
+        assert decoder is None or (decoder["config"]["decoder_only"] and decoder["commands"])
 
 
 def test_the_shipped_model_loads_as_the_default_generator(shipped):
@@ -43,7 +47,7 @@ def test_the_shipped_model_paints_the_prompted_background(shipped):
     found = {}
     for background in ("blue", "green", "yellow", "purple"):
         prompt = f"a white circle standing still on a {background} background"
-        frames = shipped.generate(None, prompt, steps=15, num_frames=8, seed=0).frames
-        assert frames.shape == (8, 64, 64, 3)
+        frames = shipped.generate(None, prompt, steps=15, seed=0).frames  # its default: 16 frames
+        assert frames.shape == (16, 64, 64, 3)
         found[background] = background_colour(frames)
     assert sum(want == got for want, got in found.items()) >= 3, found

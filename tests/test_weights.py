@@ -123,9 +123,10 @@ def test_embedded_roundtrip_and_tampering(tmp_path):
     from vcomp.weights.embedded import load_embedded, random_embedded, save_embedded
 
     emb = random_embedded(seed=1)
-    save_embedded(tmp_path / "fp32", emb.unet, emb.text_encoder, dtype=torch.float32)
+    save_embedded(tmp_path / "fp32", emb.unet, emb.text_encoder, autoencoder=emb.autoencoder, dtype=torch.float32)
     exact = load_embedded(tmp_path / "fp32")
-    weights_path, config_path = save_embedded(tmp_path, emb.unet, emb.text_encoder, training={"steps": 0})
+    weights_path, config_path = save_embedded(tmp_path, emb.unet, emb.text_encoder, training={"steps": 0},
+                                              autoencoder=emb.autoencoder)
     loaded = load_embedded(tmp_path)  # stored fp16 (the default), computed in fp32
     assert loaded.record["training"] == {"steps": 0} and loaded.source == str(weights_path)
     assert weights_path.stat().st_size < 0.6 * (tmp_path / "fp32" / weights_path.name).stat().st_size

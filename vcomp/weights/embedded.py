@@ -75,7 +75,7 @@ def autoencoder_tensors(autoencoder) -> dict[str, torch.Tensor]:
     return dict(autoencoder.vae.state_dict()) if hasattr(autoencoder, "vae") else {}
 
 
-def random_embedded(seed: int = 0, vocab=None, preset: str = "tiny") -> EmbeddedModel:
+def random_embedded(seed: int = 0, vocab=None, preset: str = "tiny", **overrides) -> EmbeddedModel:
     """A randomly initialised tiny model (not trained: its videos are noise). Its zero-initialised
     layers get small random weights, so its output depends on every input (useful for tests)."""
     from vcomp.model import create_model, get_config
@@ -85,7 +85,7 @@ def random_embedded(seed: int = 0, vocab=None, preset: str = "tiny") -> Embedded
         from vcomp.train.synthetic import VOCABULARY
 
         vocab = build_vocab(words=VOCABULARY)
-    cfg = get_config(preset)
+    cfg = get_config(preset, **overrides)  # e.g. in_dim=48, out_dim=48, latent_scale=4: a pixel-unshuffle latent
     with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG state
         torch.manual_seed(seed)
         unet = create_model(cfg).eval()
@@ -132,6 +132,8 @@ def save_embedded(folder: str | os.PathLike, unet, text_encoder, training: dict 
     tensors = {f"unet.{k}": stored(v) for k, v in unet.state_dict().items()}
     tensors.update({f"text.{k}": stored(v) for k, v in text_encoder.state_dict().items()})
     if autoencoder is None:
+        if cfg.in_dim != 3 * cfg.latent_scale**2:
+            raise ValueError("this UNet denoises a learned latent: pass its autoencoder to save_embedded")
         from vcomp.model.autoencoder import PixelUnshuffleAutoencoder
 
         autoencoder = PixelUnshuffleAutoencoder(cfg.latent_scale)
