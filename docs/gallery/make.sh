@@ -2,6 +2,7 @@
 # Rebuild the README gallery with the embedded model (CPU, about 2 minutes on 2 cores).
 # Run from the repository root: bash docs/gallery/make.sh
 set -euo pipefail
+[ -x .venv/bin/vcomp ] && PATH="$PWD/.venv/bin:$PATH"   # the README's virtual environment, if there is one
 out=docs/gallery
 media=../shared/media
 common=(--seed 0 --quiet --no-preview)
