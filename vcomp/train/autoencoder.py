@@ -177,8 +177,11 @@ def _build(cfg: AutoencoderTrainConfig):
 
 
 def decoder_parameters(vae) -> list:
-    """What a decoder-only run trains: everything after the latent (post_quant_conv + decoder)."""
-    return list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    """What a decoder-only run trains: everything after the latent (post_quant_conv + decoder), the
+    same tensors `with_decoder` later swaps into an embedded model."""
+    from vcomp.weights.embedded import DECODER_PREFIXES
+
+    return [p for name, p in vae.named_parameters() if name.startswith(DECODER_PREFIXES)]
 
 
 def load_any_autoencoder(folder: str | os.PathLike):

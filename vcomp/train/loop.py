@@ -233,6 +233,7 @@ def focus_weights(focus: torch.Tensor, latent_shape, object_weight: float) -> to
     return 1.0 + object_weight * cover
 
 
+@torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     ema_p = [p for p in ema.parameters()]
     src_p = [p.detach() for p in model.parameters()]
