@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -184,3 +186,34 @@ def test_max_steps_is_the_most_ddim_steps_the_schedule_allows():
     assert int(sched.timesteps.max()) == MAX_STEPS + 1
     sched.set_timesteps(1000)
     assert int(sched.timesteps.max()) == 1000  # past alphas_cumprod's last index (999)
+
+
+def test_bf16_flags_are_read_from_cpuinfo():
+    from vcomp.engine.cpu import cpuinfo_has_bf16
+
+    zen4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
+    skylake = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n"
+    sapphire = "flags\t\t: avx512f amx_tile amx_bf16 amx_int8\nflags\t\t: \n"
+    assert cpuinfo_has_bf16(zen4) and cpuinfo_has_bf16(sapphire)
+    assert not cpuinfo_has_bf16(skylake)
+    assert not cpuinfo_has_bf16("Features\t: fp asimd\n")  # no x86 flags line (ARM)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_keep_freed_memory_applies_on_glibc_and_sampling_still_matches(model):
+    """The allocator setting changes speed only: the same seed gives the same latent."""
+    import platform
+
+    from vcomp.engine.cpu import keep_freed_memory
+
+    cond, _ = branches(model)
+
+    def run():
+        with torch.inference_mode():
+            return denoise(make_eps_fn(model, cond), get_noise((1, model.cfg.in_dim, T, H, W), seed=3),
+                           get_scheduler(3))
+
+    before = run()
+    if platform.libc_ver()[0] == "glibc":
+        assert keep_freed_memory() is True
+    assert torch.equal(run(), before)

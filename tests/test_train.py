@@ -161,6 +161,20 @@ def test_object_weight_shifts_the_loss_towards_the_objects(tmp_path):
     assert abs(a["loss"] - b["loss"]) > 1e-3 * a["loss"]
 
 
+def test_precision_auto_follows_the_cpu(tmp_path, monkeypatch):
+    """auto = bf16 autocast on a CPU with native bf16, fp32 on one without; an explicit choice wins."""
+    import vcomp.engine.cpu as host
+
+    monkeypatch.setattr(host, "native_bf16", lambda: True)
+    assert Trainer(micro(tmp_path / "a", stage="1", steps=1)).setup().autocast == torch.bfloat16
+    monkeypatch.setattr(host, "native_bf16", lambda: False)
+    assert Trainer(micro(tmp_path / "b", stage="1", steps=1)).setup().autocast is None
+    monkeypatch.setattr(host, "native_bf16", lambda: True)
+    assert Trainer(micro(tmp_path / "c", stage="1", steps=1, precision="fp32")).setup().autocast is None
+    with pytest.raises(InputError, match="precision"):
+        Trainer(micro(tmp_path / "d", stage="1", steps=1, precision="fp16")).setup()
+
+
 # ---------------------------------------------------------------- training
 
 

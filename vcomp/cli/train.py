@@ -55,7 +55,7 @@ def train(
     max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (with a checkpoint) after this many minutes; --resume continues."),
     session_steps: int = typer.Option(None, "--session-steps", help="Stop (with a checkpoint) after this many steps in this session."),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N. Default: auto (CUDA when available)."),
-    precision: str = typer.Option(None, "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16."),
+    precision: str = typer.Option(None, "--precision", help="auto (bf16 autocast on CUDA and on CPUs with native bf16, AVX512-BF16 or AMX; else fp32), fp32 or bf16."),
     workers: int = typer.Option(None, "--workers", help="DataLoader worker processes (0 = in the training process). Default: 1."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads per process. Default: cores / processes."),
     out: str = typer.Option(None, "--out", "-o", help="Run folder: checkpoint/ (model.safetensors, optimizer.pt, train.json) and log.jsonl. Default: runs/tiny."),

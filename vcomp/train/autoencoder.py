@@ -245,6 +245,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
 
     on_event = on_event or (lambda kind, info: None)
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    from vcomp.engine.cpu import keep_freed_memory
+
+    keep_freed_memory()
     out = Path(cfg.out).expanduser()
     existing = find_checkpoint(out)
     if existing is not None and not cfg.resume:

@@ -102,7 +102,7 @@ class TrainConfig:
     max_minutes: float | None = None
     session_steps: int | None = None  # stop this session after this many steps (then resume)
     device: str = "auto"
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32, bf16
     workers: int = 1  # DataLoader worker processes (0: build batches in the training process)
     threads: int | None = None  # torch CPU threads per process (default: cores / processes)
     out: str = "runs/tiny"
@@ -320,10 +320,18 @@ class Trainer:
         precision = self.cfg.precision
         if precision not in ("auto", "fp32", "bf16"):
             raise InputError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
-        self.autocast = torch.bfloat16 if (precision == "bf16" or (precision == "auto" and dev.type == "cuda")) else None
+        if precision == "auto":
+            from vcomp.engine.cpu import native_bf16
+
+            precision = "bf16" if dev.type == "cuda" or native_bf16() else "fp32"
+        self.precision = precision
+        self.autocast = torch.bfloat16 if precision == "bf16" else None
 
     def _threads(self) -> None:
         if self.device.type == "cpu":
+            from vcomp.engine.cpu import keep_freed_memory
+
+            keep_freed_memory()
             world = int(os.environ.get("WORLD_SIZE", "1"))
             threads = self.cfg.threads or max(1, (os.cpu_count() or 1) // world)
             torch.set_num_threads(threads)
@@ -719,7 +727,7 @@ class Trainer:
         stop_at = total if cfg.session_steps is None else min(total, start + int(cfg.session_steps))
         session = {"id": f"{_now()}#{start}", "command": cfg.command or None, "argv": list(sys.argv), "started": _now(),
                    "start_step": start, "end_step": start, "wall_s": 0.0, "world_size": self.world_size,
-                   "hardware": hardware(self.device)}
+                   "hardware": hardware(self.device), "precision": self.precision}
         self.recent, self.evals = list(self.record.get("recent", [])), []
         t_start = time.perf_counter()
         info = {"start_step": start, "steps": total, "stop_at": stop_at, "resumed": self.resume_from is not None,

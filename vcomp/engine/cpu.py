@@ -1,0 +1,64 @@
+"""CPU host settings that make training and sampling on a CPU measurably faster.
+
+Why these two:
+- glibc hands every allocation above its mmap threshold straight back to the kernel when it is
+  freed, and trims the heap top eagerly. PyTorch's CPU allocator frees a step's activations at
+  the end of the step, so the next step page-faults all of them in again: on a 2-core EPYC one
+  fp32 forward+backward of the tiny UNet (8 clips x 16 frames) spent 0.5 of its 1.2 s in the
+  kernel. Raising both thresholds keeps freed memory in the process: 1.2 -> 0.87 s.
+- CPUs with native bf16 (AVX512-BF16, AMX) run oneDNN's bf16 convolutions and matmuls much
+  faster than fp32: the same step under bf16 autocast takes 0.64 s.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+import torch
+
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_KEEP_BYTES = 1 << 30
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Tell glibc malloc to keep freed blocks (up to 1 GiB each) instead of returning them to the
+    kernel; True when applied. A no-op on other C libraries. Memory the process once held stays
+    mapped: peak memory is unchanged, the resident size just does not shrink between steps."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+
+
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpuinfo_has_bf16(cpuinfo: str) -> bool:
+    """True when the first `flags` line of a /proc/cpuinfo text lists AVX512-BF16 or AMX-BF16."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return bool(BF16_FLAGS & set(line.partition(":")[2].split()))
+    return False
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Does this CPU have bf16 arithmetic (AVX512-BF16 or AMX-BF16)? Read from /proc/cpuinfo
+    (Linux; False elsewhere). oneDNN's own check (`torch.ops.mkldnn._is_mkldnn_bf16_supported`)
+    also accepts plain AVX-512, where bf16 is emulated and not faster."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return cpuinfo_has_bf16(f.read())
+    except OSError:
+        return False
