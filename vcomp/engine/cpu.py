@@ -16,8 +16,6 @@ import ctypes
 import ctypes.util
 import functools
 
-import torch
-
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 _KEEP_BYTES = 1 << 30
