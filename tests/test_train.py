@@ -99,6 +99,25 @@ def test_condition_dropout_rates():
     assert set(stage1) == {"text"} and stage1["text"].float().mean().item() == pytest.approx(0.9, abs=0.01)
 
 
+def test_text_is_dropped_beside_a_kept_style():
+    """Samples with a style and no caption (what `vcomp stylize` with an empty prompt asks for) are
+    ~2% of stage 2 without the rule and p_text_with_style of the style-kept ones with it."""
+    from vcomp.train.dropout import drop_text_beside_style
+
+    g = torch.Generator().manual_seed(1)
+    n = 40_000
+    keep = sample_keep(n, ["depth", "style"], 2, DropoutConfig(), g)
+    before = (keep["style"] & ~keep["text"]).float().mean().item()
+    text = drop_text_beside_style(keep["text"], keep["style"], DropoutConfig(p_text_with_style=0.5), g)
+    after = (keep["style"] & ~text).float().mean().item()
+    style_kept = keep["style"].float().mean().item()  # 0.1 + 0.8 * 0.5
+    assert before == pytest.approx(0.8 * 0.5 * 0.1, abs=0.01)
+    assert after == pytest.approx(before + 0.5 * (style_kept - before), abs=0.01)
+    assert not (text & ~keep["text"]).any()  # it only drops
+    assert torch.equal(drop_text_beside_style(keep["text"], keep["style"], DropoutConfig(p_text_with_style=0.0), g),
+                       keep["text"])
+
+
 def test_world_items_use_the_inference_adapter():
     from vcomp.model.adapters import TinyAdapter
 

@@ -22,6 +22,13 @@ Style token. At inference a clip without a style image has no style token at all
 tokens, not L + 1), so in stage 2 only a fraction `p_style_token` of the steps carry a style
 token (real or zeroed per sample as above); the others pass none for the whole batch.
 
+Text beside a style. In the world a caption names every colour a style image carries, so with the
+caption present the style token is redundant and the model learns to ignore it: the first shipped
+models followed a style image's palette in 4-17% of held-out scenes against the target 80%, and
+only ~2% of stage-2 samples had a style and no caption. So when a step carries style tokens, a
+sample whose style is kept loses its caption with probability `p_text_with_style` (0.5), which
+makes that case ~12% of samples.
+
 All draws come from the step's own generator, so a resumed run drops exactly what an
 uninterrupted one would.
 """
@@ -42,6 +49,7 @@ class DropoutConfig:
     p_text: float = 0.1
     p_text_in_drop_all: float = 0.5
     p_style_token: float = 0.5
+    p_text_with_style: float = 0.5
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -74,3 +82,13 @@ def sample_keep(batch: int, names: Sequence[str], stage: int, cfg: DropoutConfig
 def drop_captions(captions: Sequence[str], keep: torch.Tensor) -> list[str]:
     """Dropped captions become "" (encoded like the sampler's negative prompt)."""
     return [c if bool(k) else "" for c, k in zip(captions, keep.tolist(), strict=True)]
+
+
+def drop_text_beside_style(keep_text: torch.Tensor, keep_style: torch.Tensor, cfg: DropoutConfig,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Keep flags of the text after dropping, with `p_text_with_style`, the captions of samples whose
+    style token is kept (see the module docstring)."""
+    if cfg.p_text_with_style <= 0.0:
+        return keep_text
+    extra = torch.rand(keep_text.shape[0], generator=generator) < cfg.p_text_with_style
+    return keep_text & ~(keep_style & extra)

@@ -62,7 +62,7 @@ from vcomp.train.data import (
     plan_step,
     worker_init,
 )
-from vcomp.train.dropout import DropoutConfig, drop_captions, sample_keep
+from vcomp.train.dropout import DropoutConfig, drop_captions, drop_text_beside_style, sample_keep
 from vcomp.weights.embedded import autoencoder_spec, autoencoder_tensors
 
 Event = Callable[[str, dict], None]
@@ -532,12 +532,15 @@ class Trainer:
         drop = None
         if dropout is not None:
             keep = sample_keep(b, names + ["style"], stage, dropout, generator)
-            captions = drop_captions(captions, keep["text"])
             if stage == 2:
                 drop = {n: keep[n].float().to(dev) for n in names}
                 with_token = bool(torch.rand((), generator=generator) < dropout.p_style_token)
-                style = style * keep["style"].view(-1, 1, 1).to(style.dtype) if (with_token and style is not None) \
-                    else None
+                if with_token and style is not None:
+                    style = style * keep["style"].view(-1, 1, 1).to(style.dtype)
+                    keep["text"] = drop_text_beside_style(keep["text"], keep["style"], dropout, generator)
+                else:
+                    style = None
+            captions = drop_captions(captions, keep["text"])
         if style is not None:
             style = style.to(dev)
         ids = self.model.text.tokenize(captions)[0].to(dev)
