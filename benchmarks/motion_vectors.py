@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/motion_vectors.py [--frames 90] [--repeat 5] [--sizes 256x256,1280x720]
 
-For each size a synthetic clip (a random-noise texture panning (+2, +1) px/frame, tests/clips.py)
-is encoded with libx264 crf 23, preset medium, bf=0 refs=1 (every vector spans one frame: vcomp
+For each size a synthetic clip (a random-noise texture panning (+2, +1) px/frame, tests/clips.py;
+the worst case: every block moves and nothing compresses) and, with `--real` (default: the shared
+demo clip ../shared/media/motion_transfer.mp4 when present), a real clip cover-resized to the size
+are each encoded with libx264 crf 23, preset medium, bf=0 refs=1 (every vector spans one frame: vcomp
 reads it directly) and with x264 defaults (B-frames, 3 references: vcomp re-encodes). Rows, per
 frame:
 
@@ -100,13 +102,28 @@ def timed(fn, *args) -> float:
     return (time.perf_counter() - start) / max(n, 1)
 
 
+DEMO_CLIP = ROOT.parent / "shared" / "media" / "motion_transfer.mp4"
 ONE_REF = {"bf": "0", "refs": "1", "crf": "23"}  # x264's default crf and preset (medium)
 DEFAULTS = {"crf": "23"}
 
 
-def make_clips(folder: Path, size: tuple[int, int], frames: int) -> tuple[Path, Path]:
-    one = clips.encode(clips.pan_frames(frames, size, (2, 1)), folder / f"one_{size[0]}.mp4", ONE_REF)
-    default = clips.encode(clips.pan_frames(frames, size, (2, 1)), folder / f"def_{size[0]}.mp4", DEFAULTS)
+def source_frames(size: tuple[int, int], frames: int, real: Path | None) -> np.ndarray:
+    """The noise pan (worst case: every block moves, nothing compresses), or `frames` frames of a
+    real clip cover-resized to `size` (played forwards then backwards when it is shorter)."""
+    if real is None:
+        return np.asarray(list(clips.pan_frames(frames, size, (2, 1))))
+    from vcomp.io.video import read_clip
+
+    clip = read_clip(real, size=size).frames
+    loop = np.concatenate([clip, clip[::-1]])
+    return np.resize(loop, (frames, *loop.shape[1:])) if len(loop) < frames else loop[:frames]
+
+
+def make_clips(folder: Path, size: tuple[int, int], frames: int, real: Path | None = None) -> tuple[Path, Path]:
+    tag = f"{real.stem if real else 'pan'}_{size[0]}"
+    video = source_frames(size, frames, real)
+    one = clips.encode(video, folder / f"one_{tag}.mp4", ONE_REF)
+    default = clips.encode(video, folder / f"def_{tag}.mp4", DEFAULTS)
     return one, default
 
 
@@ -116,8 +133,12 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--sizes", default="256x256,1280x720")
     parser.add_argument("--farneback-pairs", type=int, default=20)
+    parser.add_argument("--real", default=str(DEMO_CLIP) if DEMO_CLIP.is_file() else None,
+                        help="also time a real clip, re-encoded at each size (default: the shared demo clip "
+                             "motion_transfer.mp4 when it is there; 'none' to skip)")
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sources = [None] + ([Path(args.real)] if args.real and args.real != "none" else [])
 
     import av
     import cv2
@@ -125,8 +146,8 @@ def main(argv=None) -> None:
     print(f"av {av.__version__}, numpy {np.__version__}, opencv {cv2.__version__} "
           f"(threads {cv2.getNumThreads()}), {args.frames} frames, median of {args.repeat} runs")
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            one, default = make_clips(Path(tmp), size, args.frames)
+        for size, real in ((size, real) for real in sources for size in sizes):
+            one, default = make_clips(Path(tmp), size, args.frames, real)
             reader = M.MotionReader(one)
             assert reader.method == "direct", reader.reason
             assert M.MotionReader(default).method == "reencode"
@@ -146,7 +167,8 @@ def main(argv=None) -> None:
                     samples[name].append(timed(fn, *fn_args))
             ms = {name: statistics.median(v) * 1e3 for name, v in samples.items()}
             best = {name: min(v) * 1e3 for name, v in samples.items()}
-            print(f"\n{size[0]}x{size[1]}  ({args.frames} frames, bf=0 refs=1 clip "
+            what = f"{real.name}, cover-resized" if real else "noise pan (+2, +1) px/frame"
+            print(f"\n{size[0]}x{size[1]} {what} ({args.frames} frames, bf=0 refs=1 clip "
                   f"{one.stat().st_size // 1024} KiB; x264-default clip {default.stat().st_size // 1024} KiB)")
             print(f"  {'path':44s} {'ms/frame':>9s} {'frames/s':>9s} {'min ms':>8s}")
             for name in rows:
