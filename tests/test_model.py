@@ -293,3 +293,22 @@ def test_fixed_pool_size_rejects_other_latent_sizes():
         assert model(x, t, context, style, {"depth": conds["depth"]}).shape == x.shape
         with pytest.raises(InputError, match="stc_pool_size"):
             model(x[..., :4, :4], t, context, style, {"depth": conds["depth"]})
+
+
+def test_style_scale_multiplies_the_style_embedding(tiny):
+    """style_scale s on a model == the same weights at scale 1 fed s x the style; configs written
+    before the field existed load with 1.0 (the published behaviour)."""
+    from dataclasses import asdict, replace
+
+    from vcomp.model.config import ModelConfig
+
+    assert tiny.cfg.style_scale == 8.0
+    x, t, context, style, _ = make_inputs(tiny.cfg)
+    plain = create_model(replace(tiny.cfg, style_scale=1.0))
+    plain.load_state_dict(tiny.state_dict())
+    plain.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(tiny(x, t, context, style), plain(x, t, context, 8.0 * style))
+        assert not torch.allclose(tiny(x, t, context, style), plain(x, t, context, style))
+    old = {k: v for k, v in asdict(tiny.cfg).items() if k != "style_scale"}
+    assert ModelConfig.from_dict(old).style_scale == 1.0

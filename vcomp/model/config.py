@@ -62,6 +62,12 @@ class ModelConfig:
     context_dim: int = 1024  # width of text tokens (OpenCLIP ViT-H-14: 1024)
     text_len: int = 77  # tokens of the null-text embedding `zero_y`
     style_dim: int = 1024  # width of the style-image embedding fed to pre_image_condition
+    # the style embedding is multiplied by this before pre_image_condition. Why: the tiny model's
+    # colour-statistics embedding has unit length, so its 64 inputs are ~0.12 each, and under Adam
+    # the style token then moves ~8x slower than inputs of unit scale would let it; the first
+    # shipped models' style token stayed at norm 1-2.5 beside text tokens of norm ~10 and the
+    # style was ignored. sqrt(style_dim) gives unit-scale inputs. 1.0 = the published model.
+    style_scale: float = 1.0
     # STC encoders (one per spatial/temporal condition)
     conditions: tuple[str, ...] = tuple(CONDITION_CHANNELS)
     concat_dim: int = 8  # channels of the summed condition feature map
@@ -147,6 +153,7 @@ TINY = ModelConfig(
     context_dim=128,
     text_len=32,  # tokens: <bos> + up to 30 words + <eos> (the world's captions reach 22 words)
     style_dim=64,  # the colour-statistics style embedding (vcomp.conditions.style, colour-stats-v1)
+    style_scale=8.0,  # sqrt(64): unit-scale inputs (models trained before it existed load with 1.0)
     stc_pool_size=None,
     # v-prediction: an eps-predicting tiny UNet in pixel-unshuffle space had to pass x_t through almost
     # unchanged at high noise, and its small errors there were amplified ~14x in x0 (measured: eps MSE
