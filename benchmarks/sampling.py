@@ -61,9 +61,6 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--attention-chunk", type=int, default=None, help="attention slicing chunk (batch rows)")
     parser.add_argument("--decode", action="store_true", help="also time the VAE decode (official: random SD-2.1 VAE)")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="CPU: leave glibc's malloc thresholds alone (the pipeline raises them: "
-                             "vcomp.engine.cpu.keep_freed_memory); run both ways to see the difference")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -74,11 +71,6 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    kept = False
-    if device.type == "cpu" and not args.default_malloc:
-        from vcomp.engine.cpu import keep_freed_memory
-
-        kept = keep_freed_memory()
     autocast_dtype, _ = resolve_dtype(args.dtype, device)
     set_attention_chunk_size(args.attention_chunk)
     size = args.size or (64 if args.preset == "tiny" else 256)
@@ -138,7 +130,7 @@ def main(argv=None) -> int:
     result = {
         "preset": args.preset, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "keep_freed_memory": kept, "dtype": str(autocast_dtype or torch.float32).replace("torch.", ""),
+        "threads": torch.get_num_threads(), "dtype": str(autocast_dtype or torch.float32).replace("torch.", ""),
         "frames": f, "size": size, "latent": [cfg.in_dim, f, h, w], "batch": 2,
         "params": sum(p.numel() for p in unet.parameters()), "build_s": round(build_s, 3),
         "s_per_step_median": round(statistics.median(per_step), 4), "s_per_step_mean": round(statistics.mean(per_step), 4),
