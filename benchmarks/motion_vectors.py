@@ -25,6 +25,7 @@ other jobs share).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -146,7 +147,7 @@ def main(argv=None) -> None:
     print(f"av {av.__version__}, numpy {np.__version__}, opencv {cv2.__version__} "
           f"(threads {cv2.getNumThreads()}), {args.frames} frames, median of {args.repeat} runs")
     with tempfile.TemporaryDirectory() as tmp:
-        for size, real in ((size, real) for real in sources for size in sizes):
+        for real, size in itertools.product(sources, sizes):
             one, default = make_clips(Path(tmp), size, args.frames, real)
             reader = M.MotionReader(one)
             assert reader.method == "direct", reader.reason

@@ -189,7 +189,7 @@ def test_max_steps_is_the_most_ddim_steps_the_schedule_allows():
 
 
 def test_bf16_flags_are_read_from_cpuinfo():
-    from vcomp.engine.cpu import cpuinfo_has_bf16
+    from vcomp.train.cpu import cpuinfo_has_bf16
 
     zen4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
     skylake = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n"
@@ -204,7 +204,7 @@ def test_keep_freed_memory_applies_on_glibc_and_sampling_still_matches(model):
     """The allocator setting changes speed only: the same seed gives the same latent."""
     import platform
 
-    from vcomp.engine.cpu import keep_freed_memory
+    from vcomp.train.cpu import keep_freed_memory
 
     cond, _ = branches(model)
 

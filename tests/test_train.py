@@ -182,7 +182,7 @@ def test_object_weight_shifts_the_loss_towards_the_objects(tmp_path):
 
 def test_precision_auto_follows_the_cpu(tmp_path, monkeypatch):
     """auto = bf16 autocast on a CPU with native bf16, fp32 on one without; an explicit choice wins."""
-    import vcomp.engine.cpu as host
+    import vcomp.train.cpu as host
 
     monkeypatch.setattr(host, "native_bf16", lambda: True)
     assert Trainer(micro(tmp_path / "a", stage="1", steps=1)).setup().autocast == torch.bfloat16

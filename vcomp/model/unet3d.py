@@ -284,8 +284,7 @@ class UNet3D(nn.Module):
             style = style[:, None]
         if style.ndim != 3 or style.shape[1:] != (1, cfg.style_dim):
             raise InputError(f"style must be [B, 1, {cfg.style_dim}], got {list(style.shape)}")
-        style = self._batch(style.to(self.dtype), batch, "style")
-        token = self.pre_image_condition(style * cfg.style_scale if cfg.style_scale != 1.0 else style)
+        token = self.pre_image_condition(self._batch(style.to(self.dtype), batch, "style") * cfg.style_scale)
         if "style" in drop:
             token = token * drop["style"].view(-1, 1, 1).to(token.dtype)
         return torch.cat([context, token], dim=1)

@@ -245,7 +245,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
 
     on_event = on_event or (lambda kind, info: None)
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
-    from vcomp.engine.cpu import keep_freed_memory
+    from vcomp.train.cpu import keep_freed_memory
 
     keep_freed_memory()
     out = Path(cfg.out).expanduser()

@@ -321,7 +321,7 @@ class Trainer:
         if precision not in ("auto", "fp32", "bf16"):
             raise InputError(f"--precision must be auto, fp32 or bf16, got {precision!r}")
         if precision == "auto":
-            from vcomp.engine.cpu import native_bf16
+            from vcomp.train.cpu import native_bf16
 
             precision = "bf16" if dev.type == "cuda" or native_bf16() else "fp32"
         self.precision = precision
@@ -329,7 +329,7 @@ class Trainer:
 
     def _threads(self) -> None:
         if self.device.type == "cpu":
-            from vcomp.engine.cpu import keep_freed_memory
+            from vcomp.train.cpu import keep_freed_memory
 
             keep_freed_memory()
             world = int(os.environ.get("WORLD_SIZE", "1"))
