@@ -198,7 +198,8 @@ def test_bad_input_is_one_line_exit_2_and_no_output(case, square_clip, tmp_path,
 
 
 def test_sigterm_leaves_no_partial_output(tmp_path):
-    frames = np.concatenate([moving_square(50, 256, 64, seed=s) for s in range(6)])
+    # long enough (600 frames) that extraction is still running when the signal lands, even on a busy machine
+    frames = np.concatenate([moving_square(50, 256, 64, seed=s) for s in range(12)])
     clip = encode_h264(frames, tmp_path / "long.mp4", 30, bf=0, refs=1)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "vcomp", "extract", str(clip), "-o", str(out), "-q"],

@@ -118,6 +118,28 @@ def test_text_is_dropped_beside_a_kept_style():
                        keep["text"])
 
 
+def test_single_condition_samples_keep_exactly_one():
+    """p_single: text + one condition (what motion-transfer and stylize give) becomes a common
+    sample instead of ~1%, every condition and "none" about equally often; p_single 0 leaves
+    the random stream of the paper's recipe untouched."""
+    names = ["motion", "depth", "sketch", "style"]
+    n = 40_000
+    keep = sample_keep(n, names, 2, DropoutConfig(p_single=0.5), torch.Generator().manual_seed(2))
+    k = torch.stack([keep[name] for name in names]).float()
+    motion_alone = (k[0] == 1) & (k[1:].sum(0) == 0)
+    # by chance 0.4 * 0.5^4; by the rule 0.5 / 5
+    assert motion_alone.float().mean().item() == pytest.approx(0.4 / 16 + 0.5 / 5, abs=0.01)
+    none = k.sum(0) == 0  # drop-all 0.1 + chance 0.4 / 16 + the rule's "none" 0.5 / 5
+    assert none.float().mean().item() == pytest.approx(0.1 + 0.4 / 16 + 0.1, abs=0.01)
+    assert keep["text"].float().mean().item() == pytest.approx(1 - 0.1 * 0.5 - 0.9 * 0.1, abs=0.01)
+    g0, g1 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    plain, zero = sample_keep(64, names, 2, DropoutConfig(), g0), sample_keep(64, names, 2, DropoutConfig(p_single=0.0), g1)
+    assert all(torch.equal(plain[key], zero[key]) for key in plain)
+    assert torch.equal(torch.rand(4, generator=g0), torch.rand(4, generator=g1))
+    with pytest.raises(ValueError):
+        DropoutConfig(p_single=0.9)  # + keep-all 0.1 + drop-all 0.1 > 1
+
+
 def test_world_items_use_the_inference_adapter():
     from vcomp.model.adapters import TinyAdapter
 

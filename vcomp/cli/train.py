@@ -70,6 +70,7 @@ def train(
     user_path_prob: float = typer.Option(None, "--user-path-prob", help="World, stage 2: fraction of clips whose depth and sketch come from the user-video extractors. Default: 0.25."),
     prediction: str = typer.Option(None, "--prediction", help="What the UNet predicts: eps or v. Default: the preset's (v for tiny); with --init, overrides the initial model's (e.g. turn an eps model into a v model)."),
     model_json: str = typer.Option(None, "--model-json", hidden=True, help="ModelConfig overrides as JSON (experiments, tests)."),
+    dropout_json: str = typer.Option(None, "--dropout-json", help="Stage-2 dropout overrides as JSON, e.g. '{\"p_single\": 0.3}' (fields of vcomp.train.dropout.DropoutConfig; docs/training.md)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout at the end."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -94,6 +95,8 @@ def train(
         except json.JSONDecodeError as exc:
             raise InputError(f"--model-json is not valid JSON ({exc})") from None
         given["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    if dropout_json is not None:
+        given["dropout"] = _dropout_overrides(dropout_json)
     if prediction is not None:
         from vcomp.model.config import PREDICTIONS
 
@@ -116,6 +119,21 @@ def train(
         loss = f"{summary['loss_ema']:.4f}" if summary.get("loss_ema") is not None else "-"
         console.log(f"step {summary['step']}/{summary['steps']} ({summary['stopped']}), loss {loss}, "
                     f"{summary['s_per_step']:.2f} s/step; checkpoint in {summary['checkpoint']}{where}")
+
+
+def _dropout_overrides(text: str) -> dict:
+    """The default DropoutConfig with the --dropout-json fields replaced (checked here, so a typo
+    is a one-line error, not a traceback from the trainer)."""
+    from vcomp.errors import InputError
+    from vcomp.train.dropout import DropoutConfig
+
+    try:
+        overrides = json.loads(text)
+        if not isinstance(overrides, dict):
+            raise ValueError("give a JSON object")
+        return DropoutConfig(**overrides).to_dict()
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise InputError(f"--dropout-json: {exc}; fields: {', '.join(DropoutConfig().to_dict())}") from None
 
 
 def _command_line(options: dict, command: str = "train") -> list[str]:

@@ -29,6 +29,14 @@ only ~2% of stage-2 samples had a style and no caption. So when a step carries s
 sample whose style is kept loses its caption with probability `p_text_with_style` (0.5), which
 makes that case ~12% of samples.
 
+Single-condition samples. The commands users run (and `vcomp eval`) give the text and *one*
+condition: motion-transfer is text + motion, stylize is text + style. Under the independent
+p 0.5 draws a sample with the text and the motion alone (no depth, sketch, mask or image, which
+also place the object in every frame) is ~1% of stage 2, so the motion condition, noisy at 64²,
+is barely learnt. With probability `p_single` (default 0, the paper's recipe) a sample instead
+keeps exactly one of the conditions or the style, or none of them (text to video), chosen
+uniformly, with its caption kept with probability 1 - `p_text`.
+
 All draws come from the step's own generator, so a resumed run drops exactly what an
 uninterrupted one would.
 """
@@ -50,13 +58,14 @@ class DropoutConfig:
     p_text_in_drop_all: float = 0.5
     p_style_token: float = 0.5
     p_text_with_style: float = 0.5
+    p_single: float = 0.0
 
     def __post_init__(self):
         for name, value in asdict(self).items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"dropout {name} must be in [0, 1], got {value}")
-        if self.p_keep_all + self.p_drop_all > 1.0:
-            raise ValueError("p_keep_all + p_drop_all must be at most 1")
+        if self.p_keep_all + self.p_drop_all + self.p_single > 1.0:
+            raise ValueError("p_keep_all + p_drop_all + p_single must be at most 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +85,12 @@ def sample_keep(batch: int, names: Sequence[str], stage: int, cfg: DropoutConfig
     keep = {name: ~(drop_all | (~keep_all & (rand() < cfg.p_each))) for name in names}
     r = rand()
     keep["text"] = ~torch.where(drop_all, r < cfg.p_text_in_drop_all, ~keep_all & (r < cfg.p_text))
+    if cfg.p_single > 0.0:  # drawn only when asked for, so runs without it keep their random stream
+        start = cfg.p_drop_all + cfg.p_keep_all
+        single = (u >= start) & (u < start + cfg.p_single)
+        choice = torch.randint(len(names) + 1, (batch,), generator=generator)  # len(names): none
+        for i, name in enumerate(names):
+            keep[name] = torch.where(single, choice == i, keep[name])
     return keep
 
 
