@@ -5,6 +5,7 @@ that need a model use a randomly initialised one (VCOMP_ALLOW_RANDOM=1) or build
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 def _isolate(patch: pytest.MonkeyPatch, tmp_path_factory) -> None:
@@ -26,3 +27,13 @@ def isolated_session(tmp_path_factory):
 def isolated_weights(monkeypatch, tmp_path_factory):
     """Fresh, empty folders for every test."""
     _isolate(monkeypatch, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module (`pytestmark = pytest.mark.usefixtures("one_thread")`): the
+    tiny model is fastest on one thread, and much faster on a busy shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

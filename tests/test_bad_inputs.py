@@ -34,13 +34,7 @@ def random_model(monkeypatch):
     monkeypatch.delenv("VCOMP_DEBUG", raising=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is fastest on one thread, and much faster on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _zero_frame_mkv(path: Path) -> Path:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vcomp import api
 from vcomp import batch as b
@@ -26,13 +25,7 @@ def random_model(monkeypatch):
     monkeypatch.setenv("VCOMP_ALLOW_RANDOM", "1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model is fastest on one thread, and much faster on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
