@@ -1,0 +1,52 @@
+"""How many held-out objects keep their shape through an autoencoder (the cap on the embedded
+model's shape accuracy: the UNet cannot draw a shape its latent space cannot hold).
+
+    python benchmarks/autoencoder_shapes.py vcomp/assets runs/vae/export [--n 60]
+
+Renders `--n` held-out single-object world scenes, takes each clip's middle frame, reconstructs
+it through every given autoencoder (an autoencoder export or an embedded-model folder) from the
+mean latent, and classifies the object's shape with the same checks `vcomp eval` uses. The
+source frames are classified too: the baseline, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("autoencoders", nargs="+", help="autoencoder export or embedded-model folders")
+    parser.add_argument("--n", type=int, default=60, help="held-out scenes (default 60)")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    from vcomp.evaluation.world_checks import analyse_object
+    from vcomp.train.autoencoder import load_any_autoencoder
+    from vcomp.train.synthetic import render, sample_scene
+
+    rng = np.random.default_rng(args.seed)
+    scenes = [sample_scene(rng, "heldout", 1, 64, 8) for _ in range(args.n)]
+    frames = np.stack([clip[len(clip) // 2] for clip in (render(s, motion="none").frames for s in scenes)])
+    truth = [s.objects[0].shape for s in scenes]
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def shapes_right(images: np.ndarray) -> int:
+        return sum(analyse_object(im[None])["shape"] == t for im, t in zip(images, truth, strict=True))
+
+    print(f"{'source frames':40s} {shapes_right(frames):3d} / {args.n}")
+    for folder in args.autoencoders:
+        vae, _ = load_any_autoencoder(folder)
+        vae.eval()
+        with torch.inference_mode():
+            recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        images = ((recon.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().astype(np.uint8)
+        psnr = 10 * np.log10(255.0**2 / ((images.astype(np.float64) - frames) ** 2).mean())
+        print(f"{folder:40s} {shapes_right(images):3d} / {args.n}   PSNR {psnr:.1f} dB")
+
+
+if __name__ == "__main__":
+    main()
