@@ -354,3 +354,17 @@ def test_sigterm_during_generation_leaves_no_partial_file(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--dropout-json", '{"p_singel": 0.3}', "p_single"),  # a typo: the valid fields are listed
+    ("--dropout-json", '{"p_single": 0.95}', "at most 1"),
+    ("--dropout-json", "[0.4]", "JSON object"),
+    ("--model-json", "[1]", "JSON object"),
+    ("--model-json", "{style_scale: 8}", "not valid JSON"),
+])
+def test_bad_train_json_is_one_line_and_starts_nothing(flag, value, says, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train", flag, value, "--out", tmp_path / "run", "--steps", 1)
+    assert_one_line_error(code, out, err, 2)
+    assert says in err
+    assert not (tmp_path / "run").exists()

@@ -90,13 +90,10 @@ def train(
     if min_snr is not None:
         given["min_snr_gamma"] = None if min_snr <= 0 else float(min_snr)
     if model_json is not None:
-        try:
-            overrides = json.loads(model_json)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"--model-json is not valid JSON ({exc})") from None
+        overrides = _json_object("--model-json", model_json)
         given["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     if dropout_json is not None:
-        given["dropout"] = _dropout_overrides(dropout_json)
+        given["dropout"] = _dropout_overrides(_json_object("--dropout-json", dropout_json))
     if prediction is not None:
         from vcomp.model.config import PREDICTIONS
 
@@ -121,18 +118,28 @@ def train(
                     f"{summary['s_per_step']:.2f} s/step; checkpoint in {summary['checkpoint']}{where}")
 
 
-def _dropout_overrides(text: str) -> dict:
-    """The default DropoutConfig with the --dropout-json fields replaced (checked here, so a typo
-    is a one-line error, not a traceback from the trainer)."""
+def _json_object(flag: str, text: str) -> dict:
+    """The JSON object given to `flag`, or a one-line input error."""
+    from vcomp.errors import InputError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{flag} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{flag} must be a JSON object, e.g. '{{\"name\": value}}'")
+    return value
+
+
+def _dropout_overrides(overrides: dict) -> dict:
+    """The default DropoutConfig with these fields replaced (checked here, so a typo is a
+    one-line error, not a traceback from the trainer)."""
     from vcomp.errors import InputError
     from vcomp.train.dropout import DropoutConfig
 
     try:
-        overrides = json.loads(text)
-        if not isinstance(overrides, dict):
-            raise ValueError("give a JSON object")
         return DropoutConfig(**overrides).to_dict()
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:
         raise InputError(f"--dropout-json: {exc}; fields: {', '.join(DropoutConfig().to_dict())}") from None
 
 
