@@ -13,10 +13,12 @@ from vcomp.engine import (
     Branch,
     KnownRegion,
     denoise,
+    draw_noise,
     get_noise,
     get_scheduler,
     guided_eps,
     make_eps_fn,
+    share_across_frames,
     stack_branches,
 )
 from vcomp.model import create_model, get_config
@@ -90,6 +92,29 @@ def test_noise_is_seeded_on_cpu():
     assert torch.equal(a, get_noise((1, 48, T, H, W), seed=7))
     assert not torch.equal(a, get_noise((1, 48, T, H, W), seed=8))
     assert a.dtype == torch.float32 and a.device.type == "cpu"
+
+
+def test_shared_noise_correlates_frames_and_keeps_unit_variance():
+    shape = (2, 8, 16, 16, 16)
+    iid = get_noise(shape, seed=3)
+    mixed = get_noise(shape, seed=3, shared=0.5)
+    # shared 0 is the old stream exactly: models without the prior sample the same noise as before
+    assert torch.equal(iid, get_noise(shape, seed=3, shared=0.0))
+    assert torch.equal(iid, draw_noise(shape, torch.Generator().manual_seed(3)))
+
+    def frame_corr(x):  # mean correlation of frame 0 with the other frames
+        f = x.transpose(1, 2).reshape(shape[0], shape[2], -1)
+        f = (f - f.mean(-1, keepdim=True)) / f.std(-1, keepdim=True)
+        return float((f[:, :1] * f[:, 1:]).mean(-1).mean())
+
+    assert abs(frame_corr(iid)) < 0.03
+    assert frame_corr(mixed) == pytest.approx(0.5, abs=0.05)
+    assert float(mixed.std()) == pytest.approx(1.0, abs=0.02)
+    # the same per-frame and common draws, mixed by the documented formula
+    common = torch.randn(2, 8, 1, 16, 16)
+    torch.testing.assert_close(share_across_frames(iid, common, 0.25), 0.75 ** 0.5 * iid + 0.5 * common)
+    with pytest.raises(ValueError):
+        share_across_frames(iid, common, 1.0)
 
 
 def test_guided_eps_formula():

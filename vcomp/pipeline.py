@@ -295,7 +295,8 @@ class Pipeline:
             uncond = Branch(context_u, style_u, feats_u) if float(guidance) != 1.0 else None
             scheduler = get_scheduler(int(steps), device=dev)
             eps_fn = make_eps_fn(unet, cond, uncond, float(guidance), self.autocast_dtype, scheduler.alphas_cumprod)
-            noise = get_noise((1, ae.latent_channels, frames, h, w), seed, dev)
+            noise = get_noise((1, ae.latent_channels, frames, h, w), seed, dev,
+                              shared=getattr(unet.cfg, "noise_shared", 0.0))
             known = hole = source = None
             if inputs.known is not None and keep_known != "none":
                 source, hole = inputs.known.to(dev), inputs.hole.to(dev)

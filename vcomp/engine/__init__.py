@@ -7,14 +7,16 @@ from vcomp.engine.sampling import (
     Branch,
     KnownRegion,
     denoise,
+    draw_noise,
     get_noise,
     get_scheduler,
     guided_eps,
     make_eps_fn,
+    share_across_frames,
     stack_branches,
 )
 
 __all__ = [
-    "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "SCHEDULER_CONFIG", "Branch", "KnownRegion", "denoise", "get_noise",
-    "get_scheduler", "guided_eps", "make_eps_fn", "stack_branches",
+    "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "SCHEDULER_CONFIG", "Branch", "KnownRegion", "denoise", "draw_noise",
+    "get_noise", "get_scheduler", "guided_eps", "make_eps_fn", "share_across_frames", "stack_branches",
 ]

@@ -2,6 +2,7 @@
 
     scheduler = get_scheduler(steps=50)                       # diffusers DDIMScheduler, SD betas
     x = get_noise((1, C, T, h, w), seed=0, device=device)     # CPU generator: same noise on any device
+                                                              # (shared=cfg.noise_shared for a model trained so)
     eps_fn = make_eps_fn(model, cond, uncond, guidance=9.0)   # cond + uncond in ONE batch per step
     x = denoise(eps_fn, x, scheduler, eta=0.0, callback=cb)   # -> clean latent
 
@@ -61,12 +62,41 @@ def get_scheduler(steps: int = DEFAULT_STEPS, device: str | torch.device | None 
     return scheduler
 
 
+def share_across_frames(noise: torch.Tensor, common: torch.Tensor, shared: float) -> torch.Tensor:
+    """Per-frame noise [B, C, T, h, w] mixed with one draw common to all frames [B, C, 1, h, w],
+    so that a `shared` fraction of every frame's noise variance is the same in each frame (the
+    "mixed" video noise prior of PYoCo, Ge et al. 2023); the variance stays 1.
+
+    Why: with independent noise every frame starts from its own random layout and the UNet must
+    reconcile them; a small model does not always manage, and its objects wobble, split in two or
+    jump between frames. A model trained with this prior must also sample with it
+    (`ModelConfig.noise_shared`); 0 is independent noise, as published.
+    """
+    if not shared:
+        return noise
+    if not 0.0 <= shared < 1.0:
+        raise ValueError(f"shared must be in [0, 1), got {shared}")
+    return (1.0 - shared) ** 0.5 * noise + shared ** 0.5 * common
+
+
+def draw_noise(shape: Sequence[int], generator: torch.Generator, shared: float = 0.0) -> torch.Tensor:
+    """Standard normal noise [B, C, T, h, w] from `generator`, `shared` of its variance common to
+    all frames (`share_across_frames`). With shared 0 it draws exactly `torch.randn(shape)`, so
+    models without the prior keep their random stream."""
+    noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    if not shared:
+        return noise
+    b, c, _, *grid = shape
+    common = torch.randn((b, c, 1, *grid), generator=generator, dtype=torch.float32)
+    return share_across_frames(noise, common, shared)
+
+
 def get_noise(shape: Sequence[int], seed: int, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal noise from a CPU generator seeded with `seed`, moved to `device`:
-    the same seed gives the same starting noise on every device."""
+              dtype: torch.dtype = torch.float32, shared: float = 0.0) -> torch.Tensor:
+    """Starting noise from a CPU generator seeded with `seed`, moved to `device`: the same seed
+    gives the same starting noise on every device. `shared`: see `share_across_frames`."""
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    return draw_noise(shape, generator, shared).to(device=device, dtype=dtype)
 
 
 def guided_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, guidance: float) -> torch.Tensor:

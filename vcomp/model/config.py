@@ -86,6 +86,9 @@ class ModelConfig:
     # what the UNet outputs: "eps" (the noise, as published) or "v" (velocity sqrt(ab) eps - sqrt(1-ab) x0);
     # the engine turns either into eps (vcomp.engine.parameterization)
     prediction: str = "eps"
+    # fraction of the diffusion noise's variance common to all frames, in training and sampling
+    # (vcomp.engine.share_across_frames; PYoCo's mixed prior). 0 = independent noise, as published.
+    noise_shared: float = 0.0
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -98,6 +101,8 @@ class ModelConfig:
                 raise ValueError(f"width {w} must divide by norm_groups and head_dim")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if not 0.0 <= self.noise_shared < 1.0:
+            raise ValueError(f"noise_shared must be in [0, 1), got {self.noise_shared}")
         if self.stc_pool_size is not None and self.stc_pool_size % 4:
             raise ValueError("stc_pool_size must be a multiple of 4 (two stride-2 convs)")
 

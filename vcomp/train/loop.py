@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vcomp.engine.parameterization import min_snr_weights, target, to_eps
+from vcomp.engine.sampling import draw_noise
 from vcomp.errors import InputError
 from vcomp.train.checkpoint import (
     FORMAT,
@@ -560,7 +561,7 @@ class Trainer:
         latent, ids, style, conditions, drop = self._inputs(batch, stage, g, self.dropout)
         b = latent.shape[0]
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), generator=g)
-        noise = torch.randn(latent.shape, generator=g).to(dev)
+        noise = draw_noise(latent.shape, g, self.model_cfg.noise_shared).to(dev)
         x_t = self.scheduler.add_noise(latent, noise, t.to(dev))
         self.ddp.train()
         kind = self.model_cfg.prediction
@@ -599,7 +600,7 @@ class Trainer:
         b = latent.shape[0]
         n = self.scheduler.config.num_train_timesteps
         t = ((torch.arange(b) + 0.5) * n / b).long().clamp(0, n - 1)
-        noise = torch.randn(latent.shape, generator=g).to(self.device)
+        noise = draw_noise(latent.shape, g, self.model_cfg.noise_shared).to(self.device)
         x_t = self.scheduler.add_noise(latent, noise, t.to(self.device))
         was = model.training
         model.eval()
