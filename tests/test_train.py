@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +259,57 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert worst < 1e-5
     sessions = cb.record["sessions"]
     assert [(s["start_step"], s["end_step"]) for s in sessions] == [(0, 1), (1, 3)]
+
+
+def test_resume_keeps_the_runs_checkpoint_eval_and_export_settings(tmp_path):
+    run, export = tmp_path / "run", str(tmp_path / "export")
+    train(micro(run, stage="1", steps=3, session_steps=1, ckpt_every=7, eval_every=5, export=export))
+    bare = Trainer(TrainConfig(out=str(run), resume=True)).setup(set())
+    assert (bare.cfg.ckpt_every, bare.cfg.eval_every, bare.cfg.export, bare.cfg.threads) == (7, 5, export, 1)
+    chosen = Trainer(TrainConfig(out=str(run), resume=True, ckpt_every=3)).setup({"ckpt_every"})
+    assert (chosen.cfg.ckpt_every, chosen.cfg.eval_every) == (3, 5)
+
+
+def _children(pid: int) -> list[int]:
+    """Child process ids of `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def test_sigterm_to_the_data_worker_and_trainer_stops_the_run_with_a_checkpoint(tmp_path):
+    """A data worker shares the trainer's command line, so `pkill -f "vcomp train"` (or a signal
+    to the group) reaches it too; the run must still end with a checkpoint, not an internal error."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vcomp", "train", "--out", str(out), "--steps", "10000", "--stage", "1",
+           "--batch", "1", "--frames-curriculum", "4", "--size-curriculum", "32", "--workers", "1",
+           "--threads", "1", "--log-every", "1", "--model-json", MICRO_JSON, "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / LOG_FILE).is_file() and len(read_log(out)) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        # as `pkill -f` may: the worker first (its trainer keeps going), then the trainer
+        os.kill(_children(proc.pid)[0], signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the trainer died with its data worker"
+        os.kill(proc.pid, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert "internal error" not in stderr, stderr[-2000:]
+    assert load_checkpoint(out).step == max(read_log(out))
 
 
 def _write_folder(folder: Path) -> None:

@@ -365,7 +365,15 @@ def collate(items: list[dict]) -> dict:
 
 
 def worker_init(_worker_id: int) -> None:
-    """DataLoader workers: one thread each (the main process owns the cores)."""
+    """DataLoader workers: one thread each (the main process owns the cores), and deaf to SIGTERM.
+
+    Why SIGTERM: a worker shares the trainer's command line, so `pkill -f "vcomp train"` or a
+    signal to the process group reaches it too; it died, and the trainer stopped with an internal
+    error and no checkpoint. The main process handles SIGTERM (checkpoint, then exit) and shuts its
+    workers down itself; a worker whose parent is gone exits on its own (torch's watchdog)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
     try:
         import cv2

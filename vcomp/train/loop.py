@@ -72,6 +72,11 @@ Event = Callable[[str, dict], None]
 # every other field is the run's identity and comes from its checkpoint.
 SESSION_FIELDS = ("steps", "max_minutes", "session_steps", "device", "precision", "workers", "threads",
                   "export", "ckpt_every", "log_every", "eval_every", "out", "resume", "init", "command")
+# Session fields a resumed run keeps from its checkpoint unless this session sets them: a bare
+# `--resume` checkpoints, logs, evaluates and exports as the run did (it fell back to the defaults,
+# so a run started with --ckpt-every 200 checkpointed every 500 steps once resumed).
+CARRIED_SESSION_FIELDS = ("device", "precision", "workers", "threads", "export", "ckpt_every", "log_every",
+                          "eval_every")
 TRAIN_DROPOUT_OFF = {"misc_dropout": 0.0, "p_all_zero": 0.0, "p_all_keep": 0.0}
 
 
@@ -349,7 +354,8 @@ class Trainer:
         if existing is not None:
             ckpt = load_checkpoint(existing)
             stored = TrainConfig.from_dict(ckpt.record["config"])
-            session = {k: getattr(cfg, k) for k in SESSION_FIELDS}
+            session = {k: getattr(stored if (k in CARRIED_SESSION_FIELDS and k not in self.explicit) else cfg, k)
+                       for k in SESSION_FIELDS}
             for f in fields(TrainConfig):
                 if f.name in SESSION_FIELDS:
                     continue
