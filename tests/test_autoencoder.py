@@ -203,3 +203,28 @@ def test_cli_trains_exports_and_records_its_command(tmp_path, capsys):
     assert record["training"]["commands"][-1][:2] == ["vcomp", "train-autoencoder"]
     assert "--json" in record["training"]["commands"][-1]
     assert main(args) == 2  # the run exists: --resume or another --out, a one-line error
+
+
+def test_latent_noise_perturbs_the_decoders_input_within_its_level():
+    """`latent_noise` s decodes latent + N(0, u^2), u ~ U(0, s) per sample, in the UNet's scaled
+    units; s = 0 leaves the loss (and the random stream) as before."""
+    from diffusers import AutoencoderKL
+
+    from vcomp.train.autoencoder import autoencoder_loss, world_vae_config
+
+    x = world_frames(np.random.default_rng(3), 6, 32)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**world_vae_config(**MICRO_VAE))
+    vae.register_to_config(scaling_factor=0.5)
+    seen = []
+    decode = vae.decode
+    vae.decode = lambda z, *a, **k: (seen.append(z.detach().clone()), decode(z, *a, **k))[1]
+    losses = []
+    for level in (0.0, 0.0, 0.4):
+        torch.manual_seed(1)
+        losses.append(float(autoencoder_loss(vae, x, 0.0, 0.0, latent_noise=level)[0]))
+    assert losses[0] == losses[1] and losses[2] != losses[0]
+    assert torch.equal(seen[0], seen[1])
+    noise_std = (seen[2] - seen[0]).flatten(1).std(dim=1) * 0.5  # back in scaled units
+    assert (noise_std > 0).all() and (noise_std < 0.4 * 1.1).all()
+    assert float(noise_std.std()) > 0.02  # a different level per sample

@@ -222,6 +222,7 @@ def train_autoencoder(
     object_weight: float = typer.Option(0.0, "--object-weight", help="Extra pixel-loss weight on the world's objects (1 + this on their pixels); 0 = plain mean."),
     init: str = typer.Option(None, "--init", help="Start from this autoencoder export, or from the autoencoder of an embedded model folder."),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="Train only the decoder (needs --init): the latent space, and a UNet trained in it, stay valid."),
+    latent_noise: float = typer.Option(0.0, "--latent-noise", help="Decode latents plus Gaussian noise of std up to this (scaled-latent units, e.g. 0.15): a decoder robust to the frame-to-frame jitter of sampled latents flickers less. 0 = clean latents."),
     apply_to: str = typer.Option(None, "--apply-to", help="With --decoder-only: afterwards write the new decoder into the embedded model in this folder (whose encoder must be the --init one)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the data."),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (with a checkpoint and an export) after this many minutes."),
@@ -239,13 +240,16 @@ def train_autoencoder(
 
     console.set_quiet(quiet)
     command = _command_line(options, "train-autoencoder")
-    if apply_to is not None and not decoder_only:
-        from vcomp.errors import InputError
+    from vcomp.errors import InputError
 
+    if apply_to is not None and not decoder_only:
         raise InputError("--apply-to needs --decoder-only (a new encoder would invalidate the model's UNet)")
+    if latent_noise < 0:
+        raise InputError(f"--latent-noise must be 0 or more, got {latent_noise}")
     cfg = AutoencoderTrainConfig(out=out, steps=steps, batch=batch, crop=crop, size=size, lr=lr, kl_weight=kl_weight,
                                  seed=seed, max_minutes=max_minutes, threads=threads, resume=resume, command=command,
-                                 object_weight=object_weight, init=init, decoder_only=decoder_only)
+                                 object_weight=object_weight, init=init, decoder_only=decoder_only,
+                                 latent_noise=latent_noise)
     show = console.interactive()
     with console.progress_bar(transient=False) if show else _Nothing() as bar:
         task = bar.add_task("autoencoder", total=steps) if show else None
