@@ -321,3 +321,23 @@ def test_openclip_text_is_penultimate_layer_then_ln_final(tmp_path):
     with pytest.raises(WeightsError, match="ln_final.weight"):
         load_openclip(path, model_name="vcomp-test-clip")
 
+
+
+def test_a_weights_folder_holding_an_exported_embedded_model_runs_that_model(tmp_path, monkeypatch):
+    """`--weights my_export/` (a `vcomp train --export` folder) must run that model, not fall back
+    to the shipped one without a word."""
+    from vcomp.pipeline import Pipeline
+    from vcomp.weights.embedded import random_embedded, save_embedded
+
+    monkeypatch.delenv(files.ASSETS_ENV, raising=False)
+    emb = random_embedded(seed=2)
+    export = tmp_path / "export"
+    save_embedded(export, emb.unet, emb.text_encoder, autoencoder=emb.autoencoder)
+    preset, reason = files.resolve_preset(export)
+    assert preset == "tiny" and str(export) in reason
+    listed = {f["key"]: f for f in files.inventory(export)["files"]}
+    assert listed["embedded"]["path"] == str(export / files.EMBEDDED_WEIGHTS)
+    pipe = Pipeline.load(export, device="cpu")
+    assert pipe.weights["embedded"] == str(export / files.EMBEDDED_WEIGHTS)
+    # an explicit assets folder still wins
+    assert files.assets_for(export, tmp_path / "other") == tmp_path / "other"

@@ -137,6 +137,7 @@ class Pipeline:
         notes = [note] if note else []
         if allow_random is None:
             allow_random = files.allow_random_from_env()
+        assets = files.assets_for(weights_dir, assets)
         if preset is None:
             preset, reason = files.resolve_preset(weights_dir, assets, allow_random)
             if preset is None:

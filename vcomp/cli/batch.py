@@ -73,7 +73,7 @@ def batch(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip jobs whose outputs and OUT.json sidecars already exist (resume a batch)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed job (the rest are reported as not run)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (for every job)."),
-    weights: Path = typer.Option(None, "--weights", help="Folder with published weights, for every job. Default: $VCOMP_HOME or ~/.cache/vcomp; without them the embedded model runs."),
+    weights: Path = typer.Option(None, "--weights", help="Folder with published weights (or a `vcomp train --export` folder: that embedded model), for every job. Default: $VCOMP_HOME or ~/.cache/vcomp; without them the embedded model runs."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON report (every job's status, outputs, error, time; the counts) on stdout at the end."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only failures on stderr: no progress, ok lines, warnings or summary."),
 ) -> None:

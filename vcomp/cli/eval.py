@@ -30,7 +30,7 @@ def evaluate(
     inpaint_keep: str = typer.Option("both", "--inpaint-keep", help="Inpainting task: both (as `vcomp inpaint`: the source is pasted back outside the mask) or latent (measures the model's own preservation of the outside)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (1 is fastest on a machine busy with other jobs). Default: torch's."),
-    weights: Path = typer.Option(None, "--weights", help="Folder with published weights (the official model; OpenCLIP for frame consistency). Default: $VCOMP_HOME or ~/.cache/vcomp; without them the embedded model runs."),
+    weights: Path = typer.Option(None, "--weights", help="Folder with published weights (the official model; OpenCLIP for frame consistency), or a `vcomp train --export` folder (that embedded model). Default: $VCOMP_HOME or ~/.cache/vcomp; without them the embedded model runs."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write every generated clip, the sources, a contact sheet per task and results.json to this folder."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (metrics, per-scene results, timings, all_passed) on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or log output."),

@@ -25,7 +25,7 @@ FRAMES = typer.Option(16, "--frames", "-n", help="Number of frames to generate."
 SIZE = typer.Option(None, "--size", help="Output size WxH, multiples of 8. Default: the model's (64x64 embedded, 256x256 published).")
 FPS = typer.Option(None, "--fps", help="Frame rate: sampling rate of the source video and of the output. Default: spread 16 frames over up to 4 s of the source; 8 for t2v.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-WEIGHTS = typer.Option(None, "--weights", help="Folder with published weights. Default: $VCOMP_HOME or ~/.cache/vcomp; without them the embedded model runs.")
+WEIGHTS = typer.Option(None, "--weights", help="Folder with published weights, or a `vcomp train --export` folder (runs that embedded model). Default: $VCOMP_HOME or ~/.cache/vcomp; without them the embedded model runs.")
 CONDITIONS = typer.Option(None, "--conditions", help="Use the conditions saved by `vcomp extract` in this folder instead of extracting them.")
 PREVIEW = typer.Option(True, "--preview/--no-preview", help="Write the contact sheet OUT.png.")
 JSON = typer.Option(False, "--json", help="Print one JSON object (the sidecar record) on stdout and nothing else.")

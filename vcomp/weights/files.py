@@ -104,6 +104,16 @@ def embedded_paths(assets: str | os.PathLike | None = None) -> tuple[Path, Path]
     return folder / EMBEDDED_WEIGHTS, folder / EMBEDDED_CONFIG
 
 
+def assets_for(weights_dir: str | os.PathLike | None, assets: str | os.PathLike | None = None):
+    """The embedded-model folder to load: `assets` if given; else `weights_dir` when it holds an
+    embedded model (a `vcomp train --export` folder, so `--weights my_export/` runs a fine-tuned
+    model instead of silently falling back to the shipped one); else None ($VCOMP_ASSETS or the
+    package)."""
+    if assets is None and weights_dir is not None and embedded_available(Path(weights_dir).expanduser()):
+        return Path(weights_dir).expanduser()
+    return assets
+
+
 def embedded_available(assets: str | os.PathLike | None = None) -> bool:
     return all(p.is_file() for p in embedded_paths(assets))
 
@@ -121,11 +131,13 @@ def resolve_preset(weights_dir: str | os.PathLike | None = None, assets: str | o
     """(preset, reason) that `Pipeline.load(preset=None)` would pick: "official" when the UNet,
     the VAE and the CLIP file are all found; else "tiny" (the embedded model, or a random one
     when allowed); None when nothing can run."""
+    assets = assets_for(weights_dir, assets)
     if official_available(weights_dir):
         return "official", "non_ema_228000.pth, the SD-2.1 VAE and OpenCLIP ViT-H-14 found"
     missing = [BY_KEY[k].filename for k in OFFICIAL_KEYS if find_published(k, weights_dir) is None]
     if embedded_available(assets):
-        return "tiny", f"embedded model (official files missing: {', '.join(missing)})"
+        where = "" if assets is None else f" in {assets}"
+        return "tiny", f"embedded model{where} (official files missing: {', '.join(missing)})"
     if allow_random if allow_random is not None else allow_random_from_env():
         return "tiny", f"randomly initialised tiny model ({ALLOW_RANDOM_ENV}=1; for tests only, output is noise)"
     return None, (f"no generator available: official files missing ({', '.join(missing)}) and the embedded "
@@ -136,6 +148,8 @@ def inventory(weights_dir: str | os.PathLike | None = None, assets: str | os.Pat
     """Everything `vcomp models` reports, as plain data (JSON-ready)."""
     from vcomp.conditions import depth as depth_mod
     from vcomp.conditions import style as style_mod
+
+    assets = assets_for(weights_dir, assets)
 
     home = weights_home(weights_dir)
     files = []
