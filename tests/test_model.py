@@ -171,6 +171,27 @@ def test_single_image_is_broadcast_over_frames(tiny):
     torch.testing.assert_close(shared[1], a[0])
 
 
+def test_single_frame_conditions_at_the_first_frame_only(tiny):
+    """`single_frame_at="first"`: the first image and single sketch add their (broadcast) features
+    at frame 0 and nothing elsewhere; a one-image video condition (depth) still covers every frame."""
+    _, _, _, _, conds = make_inputs(tiny.cfg)
+    first = create_model(dataclasses.replace(tiny.cfg, single_frame_at="first"))
+    first.load_state_dict(tiny.state_dict())
+    first.eval()
+    depth_image = conds["depth"][:, :, 0]
+    with torch.inference_mode():
+        for name, value in (("local_image", conds["local_image"]), ("single_sketch", conds["single_sketch"])):
+            every = tiny.encode_conditions({name: value}, B, T, (H, W))
+            only = first.encode_conditions({name: value}, B, T, (H, W))
+            torch.testing.assert_close(only[:, :, 0], every[:, :, 0])
+            assert float(every[:, :, 1:].abs().max()) > 0
+            assert float(only[:, :, 1:].abs().max()) == 0.0
+        torch.testing.assert_close(first.encode_conditions({"depth": depth_image}, B, T, (H, W)),
+                                   tiny.encode_conditions({"depth": depth_image}, B, T, (H, W)))
+    with pytest.raises(ValueError, match="single_frame_at"):
+        dataclasses.replace(tiny.cfg, single_frame_at="last")
+
+
 def test_style_and_text_change_output(tiny):
     x, t, context, style, conds = make_inputs(tiny.cfg)
     with torch.inference_mode():

@@ -70,6 +70,12 @@ class ModelConfig:
     style_scale: float = 1.0
     # STC encoders (one per spatial/temporal condition)
     conditions: tuple[str, ...] = tuple(CONDITION_CHANNELS)
+    # where the single-frame conditions (SINGLE_FRAME_CONDITIONS: the first frame's image and
+    # sketch) enter: "all" frames (the published pipeline repeats them) or the "first" frame only.
+    # Why "first": repeated, their features are the same in every frame and the UNet cannot tell
+    # which frame the image shows (the fourth embedded model ignored both: held-out loss with the
+    # image 0.96 of the loss without it); at frame 0 only they pin that frame, the rest follows.
+    single_frame_at: str = "all"
     concat_dim: int = 8  # channels of the summed condition feature map
     stc_hidden: int = 32  # conv width of each condition encoder
     stc_pool_size: int | None = 128  # AdaptiveAvgPool size; None = 4 x latent grid
@@ -101,6 +107,8 @@ class ModelConfig:
                 raise ValueError(f"width {w} must divide by norm_groups and head_dim")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if self.single_frame_at not in ("all", "first"):
+            raise ValueError(f"single_frame_at must be 'all' or 'first', got {self.single_frame_at!r}")
         if not 0.0 <= self.noise_shared < 1.0:
             raise ValueError(f"noise_shared must be in [0, 1), got {self.noise_shared}")
         if self.stc_pool_size is not None and self.stc_pool_size % 4:

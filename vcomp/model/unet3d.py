@@ -29,7 +29,7 @@ from vcomp.model.blocks import (
     timestep_embedding,
     zero_module,
 )
-from vcomp.model.config import CONDITION_CHANNELS, FUSION_ORDER, ModelConfig
+from vcomp.model.config import CONDITION_CHANNELS, FUSION_ORDER, SINGLE_FRAME_CONDITIONS, ModelConfig
 from vcomp.model.stc_encoder import FrameEncoder, TemporalMixer, module_names, stc_encode
 
 
@@ -51,7 +51,9 @@ class UNet3D(nn.Module):
     ==============  ==  =====================================================================
 
     Any condition may be given as one image ([B, C, H, W] or T = 1); it is then used for
-    every frame, as the published pipeline does by repeating it.
+    every frame, as the published pipeline does by repeating it. With
+    `cfg.single_frame_at="first"` the single-frame conditions (first image, single sketch) add
+    their features at frame 0 only.
 
     Fusion: each present condition is encoded to `[B, concat_dim, T, h, w]` and the
     encodings are SUMMED; the sum is concatenated to x_t along channels. An absent
@@ -190,6 +192,8 @@ class UNet3D(nn.Module):
                     "size (build it with stc_pool_size=None to follow the latent)"
                 )
             feat = feat.expand(batch, -1, -1, -1, -1)  # a batch-1 condition is shared
+            if self.cfg.single_frame_at == "first" and name in SINGLE_FRAME_CONDITIONS and frames > 1:
+                feat = feat * (torch.arange(frames, device=feat.device) == 0).to(feat.dtype).view(1, 1, -1, 1, 1)
             if drop is not None and name in drop:
                 feat = feat * drop[name].view(-1, 1, 1, 1, 1).to(feat.dtype)
             concat = concat + feat
