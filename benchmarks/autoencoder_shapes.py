@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
+    from vcomp.evaluation.metrics import psnr
     from vcomp.evaluation.world_checks import analyse_object
     from vcomp.train.autoencoder import load_any_autoencoder
     from vcomp.train.synthetic import render, sample_scene
@@ -44,8 +45,7 @@ def main() -> None:
         with torch.inference_mode():
             recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
         images = ((recon.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().astype(np.uint8)
-        psnr = 10 * np.log10(255.0**2 / ((images.astype(np.float64) - frames) ** 2).mean())
-        print(f"{folder:40s} {shapes_right(images):3d} / {args.n}   PSNR {psnr:.1f} dB")
+        print(f"{folder:40s} {shapes_right(images):3d} / {args.n}   PSNR {psnr(images, frames):.1f} dB")
 
 
 if __name__ == "__main__":

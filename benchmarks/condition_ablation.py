@@ -25,6 +25,7 @@ def main() -> None:
 
     import torch
 
+    from vcomp.engine import draw_noise
     from vcomp.train.loop import TrainConfig, Trainer, to_eps
 
     with tempfile.TemporaryDirectory() as out:
@@ -37,7 +38,7 @@ def main() -> None:
         latent, ids, _, conditions, _ = trainer._inputs(batch, 2, g, None)
         for band in bands:
             t = torch.randint(*band, (latent.shape[0],), generator=g)
-            noise = torch.randn(latent.shape, generator=g)
+            noise = draw_noise(latent.shape, g, trainer.model_cfg.noise_shared)
             x_t = trainer.scheduler.add_noise(latent, noise, t)
             with torch.inference_mode():
                 for name in ["caption only", *conditions]:

@@ -30,7 +30,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     levels = [float(v) for v in args.levels.split(",")]
 
-    from vcomp.evaluation.metrics import motion_control_error
+    from vcomp.evaluation.metrics import motion_control_error, psnr
     from vcomp.evaluation.suite import make_case
     from vcomp.train.autoencoder import load_any_autoencoder
 
@@ -55,7 +55,7 @@ def main() -> None:
                     frames = ((recon.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
                     errors[k] += motion_control_error(frames, m) / len(samples)
                     if level == 0:
-                        psnrs.append(10 * np.log10(255.0**2 / max(((frames.astype(np.float64) - s.frames) ** 2).mean(), 1e-9)))
+                        psnrs.append(psnr(frames, s.frames))
         ratios = "  ".join(f"{e:.3f} ({e / frozen:.1f}x)" for e in errors)
         psnr = f"   PSNR {np.mean(psnrs):.1f} dB" if psnrs else ""
         print(f"{folder:40s} {ratios}{psnr}")
