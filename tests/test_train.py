@@ -19,7 +19,15 @@ from vcomp.errors import InputError
 from vcomp.train.checkpoint import LOG_FILE, load_checkpoint
 from vcomp.train.data import FolderSource, Request, TrainDataset, WorldSource, collate, plan_step, random_mask
 from vcomp.train.dropout import DropoutConfig, sample_keep
-from vcomp.train.loop import Schedule, TrainConfig, Trainer, focus_weights, parse_curriculum, train
+from vcomp.train.loop import (
+    Schedule,
+    TrainConfig,
+    Trainer,
+    focus_weights,
+    parse_curriculum,
+    temporal_difference_loss,
+    train,
+)
 
 # A micro UNet (~0.45 M parameters) on 4 frames of 32 x 32 px: a training step takes ~0.2 s. It denoises
 # the parameter-free pixel-unshuffle latent (48 channels at factor 4), so no autoencoder has to be trained.
@@ -201,6 +209,39 @@ def test_object_weight_shifts_the_loss_towards_the_objects(tmp_path):
     a, b = plain.train_step(0, batch), weighted.train_step(0, batch)
     assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)
     assert abs(a["loss"] - b["loss"]) > 1e-3 * a["loss"]
+
+
+def test_temporal_difference_loss_ignores_shared_errors_and_weighs_changing_ones():
+    """An error every frame shares costs nothing; one that changes between frames costs its change
+    (a drift of d per frame costs d**2; alternating +-e costs (2e)**2); cells weigh the frame pairs."""
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(2, 3, 1, 4, 4, generator=g).expand(2, 3, 6, 4, 4)
+    assert torch.allclose(temporal_difference_loss(shared), torch.zeros(2), atol=1e-7)
+    ramp = torch.arange(6.0).view(1, 1, 6, 1, 1).expand(2, 3, 6, 4, 4) * 0.5
+    assert torch.allclose(temporal_difference_loss(shared + ramp), torch.full((2,), 0.25), atol=1e-6)
+    flicker = 0.1 * (-1.0) ** torch.arange(6.0).view(1, 1, 6, 1, 1).expand(2, 3, 6, 4, 4)
+    assert torch.allclose(temporal_difference_loss(flicker), torch.full((2,), 0.04), atol=1e-6)
+    # the change only in one cell, weighted 4x against 1x elsewhere: mean = 4 * 1 / (4 + 15)
+    err = torch.zeros(1, 1, 2, 4, 4)
+    err[0, 0, 1, 0, 0] = 1.0
+    cells = torch.ones(1, 1, 2, 4, 4)
+    cells[..., 0, 0] = 4.0
+    assert temporal_difference_loss(err, cells).item() == pytest.approx(4.0 / 19.0)
+    assert temporal_difference_loss(torch.ones(2, 3, 1, 4, 4)).tolist() == [0.0, 0.0]
+
+
+def test_temporal_weight_adds_the_frame_difference_term(tmp_path):
+    """With --temporal-weight the step's loss grows by the logged frame-difference term (the
+    unweighted MSE is unchanged); a negative weight is a one-line input error."""
+    plain = Trainer(micro(tmp_path / "a", stage="1", steps=1, min_snr_gamma=None)).setup()
+    batch = collate([plain.dataset[r] for r in plain.requests(0)])
+    temporal = Trainer(micro(tmp_path / "b", stage="1", steps=1, min_snr_gamma=None, temporal_weight=2.0)).setup()
+    a, b = plain.train_step(0, batch), temporal.train_step(0, batch)
+    assert a["temporal_mse"] is None and b["temporal_mse"] > 0
+    assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)
+    assert b["loss"] == pytest.approx(a["loss"] + 2.0 * b["temporal_mse"], rel=1e-4)
+    with pytest.raises(InputError, match="--temporal-weight"):
+        Trainer(micro(tmp_path / "c", stage="1", steps=1, temporal_weight=-1.0)).setup()
 
 
 def test_precision_auto_follows_the_cpu(tmp_path, monkeypatch):

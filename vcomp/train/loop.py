@@ -99,6 +99,7 @@ class TrainConfig:
     ema: float = 0.999  # EMA decay (warmed up as min(ema, (1 + s) / (10 + s)))
     min_snr_gamma: float | None = 5.0  # None: plain MSE
     object_weight: float = 0.0  # extra loss weight on the latent cells the objects cover (world data; 0: plain mean)
+    temporal_weight: float = 0.0  # weight of the frame-difference term (temporal_difference_loss; 0: off)
     frames_curriculum: str = "16"  # "8,16" (even split of the steps) or "8:4000,16" (until step 4000)
     size_curriculum: str | None = None  # e.g. "32,64"; default: the preset's size (64 for tiny)
     seed: int = 0
@@ -237,6 +238,30 @@ def focus_weights(focus: torch.Tensor, latent_shape, object_weight: float) -> to
     fy, fx = focus.shape[-2] // h, focus.shape[-1] // w
     cover = F.avg_pool3d(focus.float(), kernel_size=(1, fy, fx))
     return 1.0 + object_weight * cover
+
+
+def weighted_mean(values: torch.Tensor, cells: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample mean of `values` [B, ...] weighted by `cells` (broadcasting; None: plain mean)."""
+    dims = tuple(range(1, values.ndim))
+    if cells is None:
+        return values.mean(dim=dims)
+    return (values * cells).mean(dim=dims) / cells.expand_as(values).mean(dim=dims)
+
+
+def temporal_difference_loss(err: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample mean square of the frame-to-frame change of the signed error `err` [B, C, T, H, W].
+
+    Why: the plain MSE is dominated by what every frame shares (the background, where the object
+    is on average), so an error that differs between frames (the object drifting the wrong way,
+    wobbling, flicker) is a small share of it. The square of the error's difference between
+    consecutive frames is blind to an error every frame shares and weighs one that changes over
+    time: it is the residual-vector objective of VMC (Jeong et al., 2023) applied to the whole
+    prediction. `cells` (the object weights, [B, 1, T, h, w]) are averaged over each frame pair."""
+    if err.shape[2] < 2:
+        return err.new_zeros(err.shape[0])
+    change = (err[:, :, 1:] - err[:, :, :-1]).pow(2)
+    pair_cells = None if cells is None else 0.5 * (cells[:, :, 1:] + cells[:, :, :-1])
+    return weighted_mean(change, pair_cells)
 
 
 @torch.no_grad()
@@ -486,6 +511,9 @@ class Trainer:
                                  cfg.lr_schedule, cfg.min_lr_ratio)
         if cfg.lr_schedule not in ("constant", "cosine"):
             raise InputError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
+        for flag, value in (("--object-weight", cfg.object_weight), ("--temporal-weight", cfg.temporal_weight)):
+            if not value >= 0:
+                raise InputError(f"{flag} must be 0 or more (got {value})")
         self.schedule_record = {"stage2_at": int(stage2_at), "frames": frames, "sizes": sizes}
         self.dropout = DropoutConfig(**cfg.dropout)
         self.start_step = ckpt.step if ckpt is not None else 0
@@ -574,14 +602,17 @@ class Trainer:
         with self._autocast():
             pred = self.ddp(x_t, t.to(dev), ids, style, conditions or None, drop)
         goal = target(latent, noise, t, kind, self.alphas_cumprod)
-        err = (pred.float() - goal).pow(2)
-        dims = tuple(range(1, pred.ndim))
-        per_sample = err.mean(dim=dims)
+        signed = pred.float() - goal
+        err = signed.pow(2)
+        per_sample = weighted_mean(err, None)
+        cells = None
         if cfg.object_weight and batch.get("focus") is not None:
             cells = focus_weights(batch["focus"].to(dev), latent.shape, cfg.object_weight)
-            weighted = (err * cells).mean(dim=dims) / cells.expand_as(err).mean(dim=dims)
-        else:
-            weighted = per_sample
+        weighted = weighted_mean(err, cells)
+        temporal = None
+        if cfg.temporal_weight:
+            temporal = temporal_difference_loss(signed, cells)
+            weighted = weighted + cfg.temporal_weight * temporal
         weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma, kind).to(dev)
         loss = (weighted * weights).mean()
 
@@ -594,6 +625,7 @@ class Trainer:
         self.optimizer.step()
         ema_update(self.ema_model, self.model, min(cfg.ema, (1 + step) / (10 + step)))
         return {"loss": float(loss.detach()), "mse": float(per_sample.detach().mean()),
+                "temporal_mse": None if temporal is None else float(temporal.detach().mean()),
                 "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr, "stage": stage,
                 "frames": latent.shape[2], "size": int(batch["video"].shape[-1])}
 
@@ -770,6 +802,7 @@ class Trainer:
                     loss = self._mean_everywhere(out["loss"])
                     entry = {"step": step, "stage": out["stage"], "loss": round(loss, 6),
                              "loss_ema": round(self.loss_ema, 6), "mse": round(out["mse"], 6),
+                             "temporal_mse": out["temporal_mse"] and round(out["temporal_mse"], 6),
                              "grad_norm": out["grad_norm"] and round(out["grad_norm"], 4), "lr": out["lr"],
                              "frames": out["frames"], "size": out["size"],
                              "s_per_step": round((now - window_t) / max(1, window_n), 4),
