@@ -606,9 +606,10 @@ class Trainer:
         err = signed.pow(2)
         per_sample = weighted_mean(err, None)
         cells = None
+        weighted = per_sample
         if cfg.object_weight and batch.get("focus") is not None:
             cells = focus_weights(batch["focus"].to(dev), latent.shape, cfg.object_weight)
-        weighted = weighted_mean(err, cells)
+            weighted = weighted_mean(err, cells)
         temporal = None
         if cfg.temporal_weight:
             temporal = temporal_difference_loss(signed, cells)
