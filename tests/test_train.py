@@ -311,6 +311,31 @@ def test_resume_keeps_the_runs_checkpoint_eval_and_export_settings(tmp_path):
     assert (chosen.cfg.ckpt_every, chosen.cfg.eval_every) == (3, 5)
 
 
+def test_a_fine_tune_keeps_the_init_models_sampling_defaults_through_resume_and_export(tmp_path):
+    """A model's guidance is measured for it and lives in embedded.json; an export of a run that
+    started from it (and of that run resumed) must carry it, or evaluating the export runs at the
+    pipeline's fallback guidance instead."""
+    from vcomp.pipeline import EMBEDDED_GUIDANCE, Pipeline
+    from vcomp.weights.embedded import load_embedded
+
+    base = tmp_path / "base"
+    train(micro(tmp_path / "run0", stage="1", steps=1, export=str(base)))
+    record = json.loads((base / "embedded.json").read_text())
+    assert "sampling" not in record  # a run from scratch has no measured defaults to carry
+    record["sampling"] = {"guidance": EMBEDDED_GUIDANCE + 1.5, "note": "measured"}
+    (base / "embedded.json").write_text(json.dumps(record))
+
+    run = tmp_path / "run1"
+    export = tmp_path / "export"
+    train(micro(run, init=str(base), stage="2", steps=1, export=str(export)))
+    assert load_embedded(export).record["sampling"] == record["sampling"]
+    train(micro(run, resume=True, steps=2), explicit={"steps"})  # re-exports at the end
+    resumed = load_embedded(export).record
+    assert resumed["training"]["steps"] == 2 and resumed["sampling"] == record["sampling"]
+    pipe = Pipeline.load(device="cpu", preset="tiny", assets=export)
+    assert pipe.default_guidance == EMBEDDED_GUIDANCE + 1.5
+
+
 def _children(pid: int) -> list[int]:
     """Child process ids of `pid` (Linux /proc)."""
     found = []

@@ -112,6 +112,7 @@ class InitWeights:
     history: dict = field(default_factory=dict)  # how these weights were trained (kept in exports: lineage)
     autoencoder: dict | None = None  # the latent space's description (None: the record predates it)
     vae: dict[str, torch.Tensor] = field(default_factory=dict)  # its weights (AutoencoderKL only)
+    sampling: dict | None = None  # its measured sampling defaults (guidance), which a fine-tune keeps
 
 
 def load_init(path: str | os.PathLike) -> InitWeights:
@@ -128,7 +129,7 @@ def load_init(path: str | os.PathLike) -> InitWeights:
                    "init": rec.get("init_history"), "autoencoder": rec.get("autoencoder_history")}
         return InitWeights(ckpt.weights(prefix + "unet."), ckpt.weights(prefix + "text."), rec["model"],
                            rec["text_encoder"], f"{ckpt.path} ({'EMA' if prefix else 'raw'} weights, step {ckpt.step})",
-                           history, rec.get("autoencoder"), ckpt.weights("vae."))
+                           history, rec.get("autoencoder"), ckpt.weights("vae."), rec.get("init_sampling"))
     folder = path.parent if path.suffix in (".safetensors", ".json") else path
     weights_path, config_path = embedded_paths(folder)
     if weights_path.is_file() and config_path.is_file():
@@ -139,7 +140,8 @@ def load_init(path: str | os.PathLike) -> InitWeights:
         return InitWeights({k[5:]: v for k, v in sd.items() if k.startswith("unet.")},
                            {k[5:]: v for k, v in sd.items() if k.startswith("text.")},
                            record["model"], record["text_encoder"], str(weights_path), record.get("training", {}),
-                           record.get("autoencoder"), {k[4:]: v for k, v in sd.items() if k.startswith("vae.")})
+                           record.get("autoencoder"), {k[4:]: v for k, v in sd.items() if k.startswith("vae.")},
+                           record.get("sampling"))
     raise InputError(f"--init {path}: neither a training run/checkpoint folder nor an embedded model "
                      "(embedded.safetensors + embedded.json)")
 

@@ -422,10 +422,14 @@ class Trainer:
         ckpt = self.resume_from
         init = load_init(cfg.init) if (cfg.init and ckpt is None) else None
         # lineage: how the --init weights were trained, carried into checkpoints and exports
+        # and its sampling defaults: an export evaluated or shipped without them would silently
+        # run at the pipeline's fallback guidance instead of the one measured for this model
         if ckpt is not None:
             self.init_history = ckpt.record.get("init_history")
+            self.init_sampling = ckpt.record.get("init_sampling")
         else:
             self.init_history = {"source": str(cfg.init), **init.history} if init is not None else None
+            self.init_sampling = init.sampling if init is not None else None
 
         if ckpt is not None:
             base = ModelConfig.from_dict(ckpt.record["model"])
@@ -685,6 +689,7 @@ class Trainer:
             "seed": self.cfg.seed, "world_size": self.world_size, "loss_ema": self.loss_ema,
             "recent": self.recent[-50:], "evals": (rec.get("evals", []) + self.evals)[-200:],
             "wall_time_s": round(wall, 1), "sessions": sessions, "init_history": self.init_history,
+            "init_sampling": self.init_sampling,
             "parameters": {"unet": sum(p.numel() for p in self.model.unet.parameters()),
                            "text": sum(p.numel() for p in self.model.text.parameters())},
             "updated": _now(),
@@ -720,7 +725,8 @@ class Trainer:
             "evals": rec["evals"][-20:], "exported": _now(), "init": self.init_history,
             "autoencoder": self.autoencoder_history,
         }
-        paths = save_embedded(path, unet, text, training=training, autoencoder=self.autoencoder)
+        paths = save_embedded(path, unet, text, training=training, autoencoder=self.autoencoder,
+                              sampling=self.init_sampling)
         self.on_event("export", {"step": step, "path": str(Path(path))})
         return paths
 
