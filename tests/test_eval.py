@@ -265,6 +265,7 @@ def test_eval_cli_smoke_json(tmp_path, monkeypatch, capsys):
     print_table(report)
     table = capsys.readouterr().out
     assert "colour_accuracy" in table and "motion_error_ratio" in table and "pass" in table
+    assert f"guidance={report['guidance']:g}" in table  # results at another w are not comparable
     # same seed, same scenes
     assert [c["caption"] for c in report["cases"]] == [S.make_case(0, i, 64, 4).sample.caption for i in range(2)]
 

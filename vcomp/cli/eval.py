@@ -94,7 +94,7 @@ def print_table(report: dict) -> None:
 
     out = Console(highlight=False, soft_wrap=True)
     title = (f"vcomp eval --suite {report['suite']}: n={report['n']} seed={report['seed']} steps={report['steps']} "
-             f"model={report['model']['preset']} frame embedder={report['frame_embedder']}")
+             f"guidance={report['guidance']:g} model={report['model']['preset']} frame embedder={report['frame_embedder']}")
     table = Table(title=title, title_justify="left")
     for column in ("task", "metric", "value", "baseline", "target", "pass"):
         table.add_column(column, no_wrap=column in ("task", "metric", "target"))
