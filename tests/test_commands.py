@@ -123,6 +123,23 @@ def test_stylize_uses_the_style_image(tmp_path, capsys):
     assert "style" in record["conditions"] and record["extractors"]["style"]["source"].endswith("moon_on_water.jpg")
 
 
+def test_the_sidecar_names_the_per_guide_default_guidance_that_ran(tmp_path, capsys):
+    """A model whose embedded.json gives the style its own default: stylize runs (and records) it,
+    a command without a style the plain default."""
+    from vcomp.weights.embedded import random_embedded, save_embedded
+
+    emb = random_embedded()
+    _, config = save_embedded(tmp_path / "model", emb.unet, emb.text_encoder, autoencoder=emb.autoencoder)
+    sampling = {"guidance": 3.0, "guidance_by_guide": {"style": 7.0}}
+    config.write_text(json.dumps({**json.loads(config.read_text()), "sampling": sampling}))
+    weights = ["--weights", tmp_path / "model"]
+    styled = json.loads(cli(capsys, "stylize", MEDIA / "blackswan.mp4", "--style", MEDIA / "moon_on_water.jpg",
+                            "-o", tmp_path / "s.mp4", "--json", *weights, *FAST))
+    assert styled["options"]["guidance"] == styled["generation"]["guidance"] == 7.0
+    plain = json.loads(cli(capsys, "t2v", "a red circle", "-o", tmp_path / "t.mp4", "--json", *weights, *FAST))
+    assert plain["options"]["guidance"] == plain["generation"]["guidance"] == 3.0
+
+
 def test_conditions_folder_from_extract(tmp_path, capsys):
     cli(capsys, "extract", MEDIA / "blackswan.mp4", "-o", tmp_path / "conds", "-c", "motion,depth", "-n", "4",
         "--size", "64x64", "--no-previews", "-q")

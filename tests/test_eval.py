@@ -270,6 +270,26 @@ def test_eval_cli_smoke_json(tmp_path, monkeypatch, capsys):
     assert [c["caption"] for c in report["cases"]] == [S.make_case(0, i, 64, 4).sample.caption for i in range(2)]
 
 
+def test_the_suite_runs_each_job_at_the_models_default_for_what_it_guides(monkeypatch, capsys):
+    """With no --guidance, the style job runs at the model's style default and its no-style
+    baseline at the plain default; the report and the table say so. --guidance overrides both."""
+    from vcomp.cli.eval import print_table
+    from vcomp.pipeline import Pipeline
+
+    pipe = Pipeline.load(device="cpu", preset="tiny", allow_random=True)
+    monkeypatch.setattr(pipe, "default_guidance", 3.0)
+    monkeypatch.setattr(pipe, "guidance_by_guide", {"style": 7.0})
+    run = dict(n=1, steps=1, frames=4, tasks="style", embedder=M.FrameEmbedder(M.FALLBACK, M.fallback_embedding))
+    report = S.run_world_suite(pipe, **run)
+    assert report["guidance"] == 3.0 and report["guidance_by_guide"] == {"style": 7.0}
+    assert report["cases"][0]["guidance"] == {"style": 7.0, "style_baseline": 3.0}
+    explicit = S.run_world_suite(pipe, guidance=5.0, **run)
+    assert explicit["guidance_by_guide"] == {} and explicit["cases"][0]["guidance"] == {"style": 5.0,
+                                                                                         "style_baseline": 5.0}
+    print_table(report)
+    assert "guidance=3 (style 7)" in capsys.readouterr().out
+
+
 def test_frame_consistency_uses_clip_when_its_weights_are_found(tmp_path, monkeypatch):
     """The CLIP branch, with a stand-in for the 4 GB model: found file -> image tower, batched."""
     import torch

@@ -319,3 +319,55 @@ def test_default_guidance_is_the_models(tmp_path, pipe):
     record = _json.loads(config.read_text())
     config.write_text(_json.dumps({**record, "sampling": {"guidance": 2.5}}))  # a model may carry its own
     assert Pipeline.load(assets=tmp_path, device="cpu", allow_random=False).default_guidance == 2.5
+
+
+def with_sampling(tmp_path, pipe, sampling: dict):
+    """The pipe's model saved to tmp_path with `sampling` as its embedded.json block."""
+    from vcomp.weights.embedded import save_embedded
+
+    _, config = save_embedded(tmp_path, pipe.unet, pipe.text_encoder, autoencoder=pipe.autoencoder)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "sampling": sampling}))
+    return tmp_path
+
+
+def test_a_per_guide_default_guidance_applies_only_when_that_condition_is_guided(tmp_path, pipe):
+    """Style needs a stronger push than text or motion tolerate, so a model may carry a default
+    per guided condition; an explicit --guidance still wins."""
+    assets = with_sampling(tmp_path, pipe, {"guidance": 3.0, "guidance_by_guide": {"style": 7.0}})
+    styled_pipe = Pipeline.load(assets=assets, device="cpu", allow_random=False)
+    assert styled_pipe.describe()["guidance"] == {"default": 3.0, "by_guide": {"style": 7.0}}
+    cs = make_conditions(mask=None)  # has a style: guided with the text by default
+
+    def run(conditions, **kw):
+        return styled_pipe.generate(conditions, "a red circle", steps=1, size=(S, S), seed=2, **kw)
+
+    styled = run(cs)
+    assert styled.info["guide"] == ["text", "style"] and styled.info["guidance"] == 7.0
+    assert np.array_equal(styled.frames, run(cs, guidance=7.0).frames)
+    assert not np.array_equal(styled.frames, run(cs, guidance=3.0).frames)
+    assert run(cs, guidance=2.0).info["guidance"] == 2.0
+    assert run(cs, guide="text").info["guidance"] == 3.0  # the style not guided: the model's default
+    assert run(make_conditions(mask=None, style=None)).info["guidance"] == 3.0
+
+
+def test_vcomp_models_shows_the_embedded_models_default_guidance(tmp_path, pipe, capsys):
+    from vcomp.cli import main
+
+    with_sampling(tmp_path, pipe, {"guidance": 3.0, "guidance_by_guide": {"style": 7.0}})
+    assert main(["models", "--weights", str(tmp_path), "--json"]) == 0
+    embedded = next(f for f in json.loads(capsys.readouterr().out)["files"] if f["key"] == "embedded")
+    assert embedded["default_guidance"] == {"default": 3.0, "by_guide": {"style": 7.0}}
+    assert main(["models", "--weights", str(tmp_path)]) == 0
+    assert "default guidance (--guidance): 3, 7 when style is guided" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sampling, problem", [
+    ({"guidance": "strong"}, "malformed"),
+    ({"guidance_by_guide": {"style": None}}, "malformed"),
+    ({"guidance_by_guide": ["style", 6]}, "malformed"),
+    ({"guidance_by_guide": {"colour": 6}}, "'colour'"),
+])
+def test_a_malformed_sampling_block_is_a_weights_error_naming_it(tmp_path, pipe, sampling, problem):
+    assets = with_sampling(tmp_path, pipe, sampling)
+    with pytest.raises(WeightsError, match=problem):
+        Pipeline.load(assets=assets, device="cpu", allow_random=False)

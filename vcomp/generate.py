@@ -116,9 +116,11 @@ def generate_one(pipeline, recipe: Recipe, prompt: str, options: GenerateOptions
                              progress=progress)
 
 
-def with_model_defaults(options: GenerateOptions, pipeline) -> GenerateOptions:
-    """Options with the model's default guidance filled in, so the sidecar says what ran."""
-    return replace(options, guidance=pipeline.guidance_or_default(options.guidance))
+def with_model_defaults(options: GenerateOptions, pipeline, recipe: Recipe) -> GenerateOptions:
+    """Options with the model's default guidance for what is guided filled in, so the sidecar
+    says what ran."""
+    guided = pipeline.guided_names(recipe.conditions, options.guide)
+    return replace(options, guidance=pipeline.guidance_or_default(options.guidance, guided))
 
 
 def run(pipeline, command: str, recipe: Recipe, prompt: str, output: str | os.PathLike,
@@ -126,7 +128,7 @@ def run(pipeline, command: str, recipe: Recipe, prompt: str, output: str | os.Pa
         progress: Callable[[int, int], None] | None = None) -> dict:
     """Generate and write one output; returns the sidecar record (also printed by --json)."""
     output = check_output(output)
-    options = with_model_defaults(options, pipeline)
+    options = with_model_defaults(options, pipeline, recipe)
     started = time.perf_counter()
     result = generate_one(pipeline, recipe, prompt, options, frames=frames, size=size, progress=progress)
     fps = float(fps or recipe.fps or 8.0)
@@ -148,7 +150,7 @@ def run_grid(pipeline, command: str, prompts: Sequence[str], motions: Sequence[t
     motions) and a sheet with one labelled row per pair: the same content under different motions
     and the same motion with different content, side by side."""
     output = check_output(output)
-    options = with_model_defaults(options, pipeline)
+    options = with_model_defaults(options, pipeline, motions[0][1])
     started = time.perf_counter()
     total = len(prompts) * len(motions) * options.steps
     tiles, rows, cells = [], [], []

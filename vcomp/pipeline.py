@@ -93,13 +93,25 @@ def _parse_guide(guide) -> list[str]:
     return [n for n in GUIDABLE if n in names]
 
 
+def _sampling_defaults(sampling: dict, source) -> tuple[float, dict[str, float]]:
+    """(default guidance, per-guide defaults) from an embedded.json "sampling" block; a malformed
+    block is a corrupt model, reported as such rather than as a traceback."""
+    try:
+        guidance = float(sampling.get("guidance", EMBEDDED_GUIDANCE))
+        by_guide = {str(k): float(v) for k, v in (sampling.get("guidance_by_guide") or {}).items()}
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise WeightsError(f"embedded.json beside {source}: its 'sampling' block is malformed ({exc}); "
+                           "restore the file or remove the block") from None
+    return guidance, by_guide
+
+
 class Pipeline:
     """A loaded generator: UNet + autoencoder + text encoder + condition adapter on one device."""
 
     def __init__(self, unet, autoencoder, text_encoder, adapter, *, preset: str, device: torch.device | str = "cpu",
                  autocast_dtype: torch.dtype | None = None, weights: dict | None = None,
                  size: tuple[int, int] = (64, 64), num_frames: int = 16, notes: Sequence[str] = (),
-                 guidance: float = PUBLISHED_GUIDANCE):
+                 guidance: float = PUBLISHED_GUIDANCE, guidance_by_guide: dict[str, float] | None = None):
         self.unet = unet.eval()
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder.eval() if hasattr(text_encoder, "eval") else text_encoder
@@ -111,6 +123,13 @@ class Pipeline:
         self.default_size = tuple(size)
         self.default_frames = num_frames
         self.default_guidance = float(guidance)  # used when generate() is given guidance=None
+        # ... unless a guided condition has its own default (the embedded model: style needs a
+        # stronger push than text or motion tolerate); the largest one that applies wins
+        self.guidance_by_guide = {name: float(w) for name, w in (guidance_by_guide or {}).items()}
+        unknown = sorted(set(self.guidance_by_guide) - set(GUIDABLE))
+        if unknown:
+            raise WeightsError(f"sampling.guidance_by_guide names {unknown[0]!r}, which is not guidable; "
+                               f"use names from {', '.join(GUIDABLE)}")
         self.notes = list(notes)
         with torch.inference_mode(), self._autocast():
             null, _ = self.encode_text([""])
@@ -180,11 +199,12 @@ class Pipeline:
             load_embedded(assets)  # raises the WeightsError that says what is missing
             raise AssertionError("unreachable")
         size = emb.unet.cfg.default_size
+        guidance, by_guide = _sampling_defaults(emb.record.get("sampling") or {}, emb.source)
         return cls(emb.unet.to(device), emb.autoencoder, emb.text_encoder.to(device),
                    TinyAdapter(style_dim=emb.unet.cfg.style_dim), preset="tiny", device=device,
                    autocast_dtype=autocast_dtype, weights={"embedded": emb.source}, size=(size, size),
                    num_frames=16, notes=notes,
-                   guidance=float(emb.record.get("sampling", {}).get("guidance", EMBEDDED_GUIDANCE)))
+                   guidance=guidance, guidance_by_guide=by_guide)
 
     # ------------------------------------------------------------------ helpers
 
@@ -203,9 +223,20 @@ class Pipeline:
             tokens, unknown = self.text_encoder.encode(list(texts))
         return tokens.float().to(self.device), unknown
 
-    def guidance_or_default(self, guidance: float | None) -> float:
-        """`guidance`, or the model's default when None (what generate() runs with)."""
-        return self.default_guidance if guidance is None else float(guidance)
+    def guided_names(self, conditions: ConditionSet | None, guide: Sequence[str] | str | None = None) -> list[str]:
+        """What the unconditional branch drops: `guide`, or the published default (text, plus
+        style when a style is given)."""
+        if guide is None:
+            guide = ["text"] + (["style"] if conditions is not None and conditions.style is not None else [])
+        return _parse_guide(guide)
+
+    def guidance_or_default(self, guidance: float | None, guided: Sequence[str] = ("text",)) -> float:
+        """`guidance`, or when None the model's default for what is guided (what generate() runs
+        with): the largest `guidance_by_guide` entry among `guided`, else `default_guidance`."""
+        if guidance is not None:
+            return float(guidance)
+        return max((self.guidance_by_guide[g] for g in guided if g in self.guidance_by_guide),
+                   default=self.default_guidance)
 
     def describe(self) -> dict:
         cfg = self.unet.cfg
@@ -213,6 +244,8 @@ class Pipeline:
                 "dtype": str(self.autocast_dtype or torch.float32).replace("torch.", ""),
                 "latent": [self.autoencoder.latent_channels, self.autoencoder.factor],
                 "size": list(self.default_size), "num_frames": self.default_frames,
+                "guidance": {"default": self.default_guidance, **({"by_guide": dict(self.guidance_by_guide)}
+                                                                   if self.guidance_by_guide else {})},
                 "unet": {"name": cfg.name, "in_dim": cfg.in_dim, "context_dim": cfg.context_dim,
                          "style_dim": cfg.style_dim}, "weights": self.weights}
 
@@ -245,9 +278,7 @@ class Pipeline:
             raise InputError(f"steps must be in 1..{MAX_STEPS}, got {steps}")
         if eta < 0:
             raise InputError(f"eta must be >= 0, got {eta}")
-        if guide is None:
-            guide = ["text"] + (["style"] if conditions.style is not None else [])
-        guided = _parse_guide(guide)
+        guided = self.guided_names(conditions, guide)
         frames = int(num_frames or conditions.num_frames or self.default_frames)
         width, height = size or self.default_size
         ae, unet = self.autoencoder, self.unet
@@ -256,7 +287,7 @@ class Pipeline:
             raise InputError(f"size {width}x{height} must be a multiple of {cell} pixels for the {self.preset} model")
         h, w = height // ae.factor, width // ae.factor
 
-        guidance = self.guidance_or_default(guidance)
+        guidance = self.guidance_or_default(guidance, guided)
         inputs = self.adapter.prepare(conditions, frames, (width, height), source_frames)
         from vcomp.model.adapters import MODEL_NAMES
 

@@ -24,7 +24,7 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Picks the scenes and the generation noise; the same seed gives the same suite."),
     n: int = typer.Option(50, "--n", help="Number of held-out scenes."),
     steps: int = typer.Option(50, "--steps", help="DDIM sampling steps per generation."),
-    guidance: float = typer.Option(None, "--guidance", "-w", help="Guidance weight. Default: the model's (9.0 published; the embedded model's is in its embedded.json, 4.0 shipped)."),
+    guidance: float = typer.Option(None, "--guidance", "-w", help="Guidance weight. Default: the model's (9.0 published; the shipped embedded model's 4.0, or 6.0 when a style is guided; `vcomp models` shows it)."),
     tasks: str = typer.Option(None, "--tasks", help="Comma-separated: text,motion,depth,sketch,inpaint,style. Default: all."),
     frames: int = typer.Option(16, "--frames", help="Frames per scene and generation."),
     inpaint_keep: str = typer.Option("both", "--inpaint-keep", help="Inpainting task: both (as `vcomp inpaint`: the source is pasted back outside the mask) or latent (measures the model's own preservation of the outside)."),
@@ -87,6 +87,13 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def guidance_label(report: dict) -> str:
+    """"4" or "4 (style 6)": the w the jobs ran at, per-guide defaults included (reports from
+    before they existed have none)."""
+    extra = ", ".join(f"{name} {w:g}" for name, w in report.get("guidance_by_guide", {}).items())
+    return f"{report['guidance']:g}" + (f" ({extra})" if extra else "")
+
+
 def print_table(report: dict) -> None:
     """The metrics as a Rich table on stdout, then a summary line."""
     from rich.console import Console
@@ -94,7 +101,8 @@ def print_table(report: dict) -> None:
 
     out = Console(highlight=False, soft_wrap=True)
     title = (f"vcomp eval --suite {report['suite']}: n={report['n']} seed={report['seed']} steps={report['steps']} "
-             f"guidance={report['guidance']:g} model={report['model']['preset']} frame embedder={report['frame_embedder']}")
+             f"guidance={guidance_label(report)} model={report['model']['preset']} "
+             f"frame embedder={report['frame_embedder']}")
     table = Table(title=title, title_justify="left")
     for column in ("task", "metric", "value", "baseline", "target", "pass"):
         table.add_column(column, no_wrap=column in ("task", "metric", "target"))

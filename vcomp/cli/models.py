@@ -49,6 +49,12 @@ def models(
     gen = report["generator"]
     preset = gen["preset"] or "[red]none[/]"
     out.print(f"generator: [bold]{preset}[/] - {gen['reason']}")
+    embedded = next(f for f in report["files"] if f["key"] == "embedded")
+    if gen["preset"] == "tiny" and embedded.get("default_guidance"):
+        g = embedded["default_guidance"]
+        by_guide = "".join(f", {w:g} when {name} is guided" for name, w in g["by_guide"].items())
+        default = f"{g['default']:g}" if g["default"] is not None else "the pipeline's"
+        out.print(f"default guidance (--guidance): {default}{by_guide}")
     for name, extractor in report["extractors"].items():
         out.print(f"{name} extractor: {extractor}")
 

@@ -313,7 +313,9 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
     from vcomp.evaluation.metrics import frame_consistency, frame_embedder
 
     tasks = parse_tasks(tasks)
+    requested = guidance  # None: every job runs at the model's default for what it guides
     guidance = pipeline.guidance_or_default(guidance)
+    by_guide = dict(pipeline.guidance_by_guide) if requested is None else {}
     if n < 1:
         raise InputError(f"--n must be at least 1 (got {n})")
     from vcomp.engine.sampling import MAX_STEPS
@@ -335,17 +337,19 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
     out = Path(out_dir) if out_dir is not None else None
     if progress:
         progress(0, total)
+    used_guidance = []  # per case: the w each job ran at (differs by job under per-guide defaults)
     for case, jobs in zip(cases, all_jobs, strict=True):
-        outputs = {}
+        outputs, used = {}, {}
         for name, job in jobs.items():
             t0 = time.perf_counter()
             keep = {"keep_known": inpaint_keep} if job.source_frames is not None else {}
-            result = pipeline.generate(job.conditions, job.prompt, steps=steps, guidance=guidance, seed=case.seed,
+            result = pipeline.generate(job.conditions, job.prompt, steps=steps, guidance=requested, seed=case.seed,
                                        num_frames=frames, size=(width, height), source_frames=job.source_frames,
                                        **keep)
             gen_times.append(time.perf_counter() - t0)
             step_times.append(result.info["timings"]["per_step"])
             outputs[name] = result.frames
+            used[name] = result.info["guidance"]
             done += 1
             if progress:
                 progress(done, total)
@@ -353,6 +357,7 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
         scores = score_case(case, outputs, embedder)
         score_s += time.perf_counter() - t0
         per_case.append(scores)
+        used_guidance.append(used)
         if out is not None:
             _save_case(out, case, outputs, sheets)
         if log:
@@ -372,10 +377,11 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
                + 50 * render_s / n}
     report = {
         "suite": "world", "seed": int(seed), "n": int(n), "steps": int(steps), "guidance": float(guidance),
-        "frames": int(frames), "size": [width, height], "tasks": list(tasks), "inpaint_keep": inpaint_keep,
+        "guidance_by_guide": by_guide, "frames": int(frames), "size": [width, height], "tasks": list(tasks), "inpaint_keep": inpaint_keep,
         "model": pipeline.describe(),
         "notes": list(pipeline.notes), "frame_embedder": embedder.name if hasattr(embedder, "name") else "custom",
-        "metrics": rows, "cases": [_case_record(c, j, s) for c, j, s in zip(cases, all_jobs, per_case, strict=True)],
+        "metrics": rows,
+        "cases": [_case_record(c, j, s, g) for c, j, s, g in zip(cases, all_jobs, per_case, used_guidance, strict=True)],
         "timings": {k: round(v, 4) if isinstance(v, float) else v for k, v in timings.items()},
         "all_passed": all(r["passed"] for r in rows if r["passed"] is not None),
     }
@@ -389,13 +395,13 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
     return report
 
 
-def _case_record(case: Case, jobs: dict[str, Job], scores: dict) -> dict:
+def _case_record(case: Case, jobs: dict[str, Job], scores: dict, guidance: dict[str, float]) -> dict:
     o = case.sample.scene.primary
     return {"index": case.index, "seed": case.seed, "caption": case.sample.caption,
             "object": {"colour": o.colour, "shape": o.shape, "direction": o.direction},
             "background": case.sample.scene.background.colour,
             "prompts": {name: job.prompt for name, job in jobs.items()},
-            "conditions": {name: job.conditions.present() for name, job in jobs.items()},
+            "conditions": {name: job.conditions.present() for name, job in jobs.items()}, "guidance": guidance,
             "inpaint_colour": case.inpaint_colour, "style_colour": case.style_colour, "scores": scores}
 
 

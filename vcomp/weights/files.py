@@ -169,6 +169,7 @@ def inventory(weights_dir: str | os.PathLike | None = None, assets: str | os.Pat
         "path": str(weights_path) if found else None,
         "size": weights_path.stat().st_size + config_path.stat().st_size if found else None,
         "expected_at": str(weights_path),
+        "default_guidance": _embedded_guidance(config_path) if found else None,
     })
     have = {f["key"]: f["found"] for f in files}
     preset, reason = resolve_preset(weights_dir, assets)
@@ -183,6 +184,18 @@ def inventory(weights_dir: str | os.PathLike | None = None, assets: str | os.Pat
     }
     return {"weights_dir": str(home), "weights_dir_exists": home.is_dir(), "files": files,
             "generator": {"preset": preset, "reason": reason}, "extractors": extractors}
+
+
+def _embedded_guidance(config_path: Path) -> dict | None:
+    """The embedded model's measured default guidance ("default", per-guide "by_guide"), so a user
+    can see what --guidance falls back to; None when its embedded.json cannot be read."""
+    import json
+
+    try:
+        sampling = json.loads(config_path.read_text()).get("sampling") or {}
+        return {"default": sampling.get("guidance"), "by_guide": dict(sampling.get("guidance_by_guide") or {})}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def format_size(n: int | None) -> str:
