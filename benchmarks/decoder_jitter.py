@@ -3,6 +3,9 @@ the way `vcomp eval` reads motion (H.264 motion vectors of the decoded clip).
 
     python benchmarks/decoder_jitter.py vcomp/assets runs/dec/export [--n 12] [--levels 0,0.05,0.1]
 
+An embedded-model folder with a temporal refiner (`vcomp train-refiner`) gets a second row: its
+decoder followed by the refiner.
+
 Why: sampled latents differ from frame to frame by ~0.06 per value even where the scene is still,
 and the motion-control error of the embedded model's videos was dominated by the background's
 flicker, not by the object's path. For `--n` held-out eval scenes (the same ones `vcomp eval
@@ -30,7 +33,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     levels = [float(v) for v in args.levels.split(",")]
 
-    from vcomp.evaluation.metrics import motion_control_error, psnr
+    from vcomp.evaluation.metrics import motion_control_error
     from vcomp.evaluation.suite import make_case
     from vcomp.train.autoencoder import load_any_autoencoder
 
@@ -43,22 +46,45 @@ def main() -> None:
     for folder in args.autoencoders:
         vae, _ = load_any_autoencoder(folder)
         vae.eval()
-        scale = float(vae.config.scaling_factor)
-        errors, psnrs = np.zeros(len(levels)), []
-        for i, (s, m) in enumerate(zip(samples, motions, strict=True)):
-            x = torch.from_numpy(s.frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-            g = torch.Generator().manual_seed(i)
-            with torch.inference_mode():
-                z = vae.encode(x).latent_dist.mean * scale
-                for k, level in enumerate(levels):
-                    recon = vae.decode((z + level * torch.randn(z.shape, generator=g)) / scale).sample
-                    frames = ((recon.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-                    errors[k] += motion_control_error(frames, m) / len(samples)
-                    if level == 0:
-                        psnrs.append(psnr(frames, s.frames))
-        ratios = "  ".join(f"{e:.3f} ({e / frozen:.1f}x)" for e in errors)
-        psnr = f"   PSNR {np.mean(psnrs):.1f} dB" if psnrs else ""
-        print(f"{folder:40s} {ratios}{psnr}")
+        refiner = embedded_refiner(folder)
+        for label, refine in [(folder, None)] + ([(f"{folder} + refiner", refiner)] if refiner else []):
+            errors, psnrs = decode_errors(vae, refine, samples, motions, levels)
+            ratios = "  ".join(f"{e:.3f} ({e / frozen:.1f}x)" for e in errors)
+            psnr_text = f"   PSNR {np.mean(psnrs):.1f} dB" if psnrs else ""
+            print(f"{label:40s} {ratios}{psnr_text}")
+
+
+def embedded_refiner(folder: str):
+    """The temporal refiner of an embedded-model folder, or None (autoencoder exports have none)."""
+    from vcomp.weights.files import embedded_available
+
+    if not embedded_available(folder):
+        return None
+    from vcomp.weights.embedded import load_embedded
+
+    return getattr(load_embedded(folder).autoencoder, "refiner", None)
+
+
+def decode_errors(vae, refiner, samples, motions, levels):
+    """Mean motion error per noise level, and the PSNRs of the clean decodes."""
+    from vcomp.evaluation.metrics import motion_control_error, psnr
+
+    scale = float(vae.config.scaling_factor)
+    errors, psnrs = np.zeros(len(levels)), []
+    for i, (s, m) in enumerate(zip(samples, motions, strict=True)):
+        x = torch.from_numpy(s.frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        g = torch.Generator().manual_seed(i)
+        with torch.inference_mode():
+            z = vae.encode(x).latent_dist.mean * scale
+            for k, level in enumerate(levels):
+                recon = vae.decode((z + level * torch.randn(z.shape, generator=g)) / scale).sample
+                if refiner is not None:  # it works on the whole clip [1, 3, T, H, W]
+                    recon = refiner(recon.permute(1, 0, 2, 3)[None])[0].permute(1, 0, 2, 3)
+                frames = ((recon.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                errors[k] += motion_control_error(frames, m) / len(samples)
+                if level == 0:
+                    psnrs.append(psnr(frames, s.frames))
+    return errors, psnrs
 
 
 if __name__ == "__main__":

@@ -37,3 +37,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Trainers set torch's thread count (the micro runs use one: on a busy 2-core VM two threads
+    spin-wait on each other, 10x slower); put the process's setting back for the tests that follow."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -23,13 +23,6 @@ from vcomp.train.autoencoder import (
 MICRO_VAE = {"block_out_channels": [8, 16], "norm_num_groups": 4, "latent_channels": 4}
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("vae")

@@ -38,15 +38,6 @@ FAST = {"batch": 2, "frames_curriculum": "4", "size_curriculum": "32", "workers"
         "text_depth": 1, "text_heads": 2, "warmup": 0, "log_every": 1, "ckpt_every": 1000}
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """The micro runs use one torch thread (on a busy 2-core VM two threads spin-wait on each
-    other, 10x slower); put the process's setting back for the tests that follow."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def micro(tmp: Path, **kw) -> TrainConfig:
     return TrainConfig(out=str(tmp), **{**FAST, **kw})
 

@@ -55,6 +55,9 @@ def models(
         by_guide = "".join(f", {w:g} when {name} is guided" for name, w in g["by_guide"].items())
         default = f"{g['default']:g}" if g["default"] is not None else "the pipeline's"
         out.print(f"default guidance (--guidance): {default}{by_guide}")
+    if gen["preset"] == "tiny" and embedded.get("temporal_refiner"):
+        r = embedded["temporal_refiner"]
+        out.print(f"temporal refiner: {r['layers']} 3D convolutions of width {r['width']} after the decoder (deflicker)")
     for name, extractor in report["extractors"].items():
         out.print(f"{name} extractor: {extractor}")
 

@@ -9,6 +9,15 @@ import typer
 
 from vcomp.cli import console
 
+# options the trainers share; Typer reads these as metadata, so one object serves them all
+SEED = typer.Option(0, "--seed", help="Seed of the initial weights and the data.")
+MAX_MINUTES = typer.Option(None, "--max-minutes", help="Stop (with a checkpoint and an export) after this many minutes.")
+THREADS = typer.Option(None, "--threads", help="torch CPU threads. Default: all cores.")
+RESUME = typer.Option(False, "--resume", help="Continue the run in --out.")
+JSON_SUMMARY = typer.Option(False, "--json", help="Print one JSON summary on stdout at the end.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress output.")
+
+
 EPILOG = """
 Examples:\n
   vcomp train --steps 200 --out runs/try                       # a quick look, procedural world\n
@@ -73,8 +82,8 @@ def train(
     prediction: str = typer.Option(None, "--prediction", help="What the UNet predicts: eps or v. Default: the preset's (v for tiny); with --init, overrides the initial model's (e.g. turn an eps model into a v model)."),
     model_json: str = typer.Option(None, "--model-json", hidden=True, help="ModelConfig overrides as JSON (experiments, tests)."),
     dropout_json: str = typer.Option(None, "--dropout-json", help="Stage-2 dropout overrides as JSON, e.g. '{\"p_single\": 0.3}' (fields of vcomp.train.dropout.DropoutConfig; docs/training.md)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout at the end."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    json_out: bool = JSON_SUMMARY,
+    quiet: bool = QUIET,
 ) -> None:
     """Train (or fine-tune) the embedded model; resumable, CPU or CUDA, torchrun-ready.
 
@@ -226,12 +235,12 @@ def train_autoencoder(
     decoder_only: bool = typer.Option(False, "--decoder-only", help="Train only the decoder (needs --init): the latent space, and a UNet trained in it, stay valid."),
     latent_noise: float = typer.Option(0.0, "--latent-noise", help="Decode latents plus Gaussian noise of std up to this (scaled-latent units, e.g. 0.15): a decoder robust to the frame-to-frame jitter of sampled latents flickers less. 0 = clean latents."),
     apply_to: str = typer.Option(None, "--apply-to", help="With --decoder-only: afterwards write the new decoder into the embedded model in this folder (whose encoder must be the --init one)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights and the data."),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop (with a checkpoint and an export) after this many minutes."),
-    threads: int = typer.Option(None, "--threads", help="torch CPU threads. Default: all cores."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary on stdout at the end."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    seed: int = SEED,
+    max_minutes: float = MAX_MINUTES,
+    threads: int = THREADS,
+    resume: bool = RESUME,
+    json_out: bool = JSON_SUMMARY,
+    quiet: bool = QUIET,
 ) -> None:
     """Train the embedded model's latent space: a small AutoencoderKL on procedural-world frames.
 
@@ -275,6 +284,71 @@ def train_autoencoder(
                     f"{summary['scaling_factor']:.3f}; exported to {summary['export']}")
 
 
+REFINER_EPILOG = """
+Examples:\n
+  vcomp train-refiner --out runs/ref --max-minutes 20         # for the shipped model\n
+  vcomp train-refiner --out runs/ref --resume --steps 2000    # continue it\n
+  vcomp train-refiner --init runs/unet/export --out runs/ref2 # for another embedded model\n
+Writes OUT/checkpoint/ (resumable), OUT/log.jsonl and OUT/export/: the --init model with the refiner
+(use it with --weights OUT/export, or copy its embedded.* into vcomp/assets). --apply-to DIR also
+writes the refiner into a model with the same autoencoder (a UNet fine-tuned from it).
+"""
+
+
+def train_refiner(
+    init: str = typer.Option(None, "--init", help="The embedded model folder whose decoder the refiner follows (it stays frozen). Default: the shipped model (with --resume: the run's)."),
+    out: str = typer.Option("runs/refiner", "--out", "-o", help="Run folder (checkpoint/, log.jsonl, export/)."),
+    steps: int = typer.Option(1500, "--steps", help="Total optimiser steps."),
+    batch: int = typer.Option(4, "--batch", help="Clips per step."),
+    frames: int = typer.Option(16, "--frames", help="Frames per training clip."),
+    width: int = typer.Option(None, "--width", help="Channels of the refiner's convolutions. Default: 16 (with --resume: the run's)."),
+    layers: int = typer.Option(None, "--layers", help="3x3x3 convolutions (the refiner sees 2 x layers + 1 frames). Default: 4 (with --resume: the run's)."),
+    lr: float = typer.Option(2e-3, "--lr", help="AdamW learning rate (linear warm-up, cosine decay)."),
+    latent_noise: float = typer.Option(0.12, "--latent-noise", help="Per-frame latent noise of std up to this (scaled-latent units): the jitter of sampled latents the refiner learns to remove."),
+    temporal_weight: float = typer.Option(1.0, "--temporal-weight", help="Weight of the loss on frame differences (what removes flicker)."),
+    object_weight: float = typer.Option(4.0, "--object-weight", help="Extra L1 weight on the world's objects (1 + this on their pixels)."),
+    apply_to: str = typer.Option(None, "--apply-to", help="Afterwards also write the refiner into the embedded model in this folder (whose autoencoder must be the --init model's, e.g. a UNet fine-tuned from it)."),
+    seed: int = SEED,
+    max_minutes: float = MAX_MINUTES,
+    threads: int = THREADS,
+    resume: bool = RESUME,
+    json_out: bool = JSON_SUMMARY,
+    quiet: bool = QUIET,
+) -> None:
+    """Train a temporal refiner for an embedded model: 3D convolutions after its decoder that remove flicker.
+
+    The UNet, encoder and decoder stay frozen; the export is the --init model with the refiner added."""
+    options = dict(locals())
+    from vcomp.train.refiner import RefinerTrainConfig
+    from vcomp.train.refiner import train_refiner as run
+
+    console.set_quiet(quiet)
+    command = _command_line(options, "train-refiner")
+    cfg = RefinerTrainConfig(init=init, out=out, steps=steps, batch=batch, frames=frames, width=width, layers=layers,
+                             lr=lr, latent_noise=latent_noise, temporal_weight=temporal_weight,
+                             object_weight=object_weight, seed=seed, max_minutes=max_minutes, threads=threads,
+                             resume=resume, command=command)
+    show = console.interactive()
+    with console.progress_bar(transient=False) if show else _Nothing() as bar:
+        task = bar.add_task("refiner", total=steps) if show else None
+
+        def event(kind, info):
+            if show and kind == "log":
+                bar.update(task, completed=info["step"], description=f"refiner loss {info['loss']:.4f}")
+
+        summary = run(cfg, on_event=event)
+    if apply_to is not None:
+        from vcomp.weights.embedded import with_refiner
+
+        summary["applied_to"] = str(with_refiner(apply_to, summary["export"])[0].parent)
+    if json_out:
+        console.print_json(summary)
+    else:
+        console.log(f"step {summary['step']}: held-out temporal L1 {summary['decoded_temporal']:.4f} -> "
+                    f"{summary['refined_temporal']:.4f}, L1 {summary['decoded_l1']:.4f} -> "
+                    f"{summary['refined_l1']:.4f}; exported to {summary['export']}")
+
+
 class _Nothing:
     def __enter__(self):
         return self
@@ -286,3 +360,4 @@ class _Nothing:
 def register(app: typer.Typer) -> None:
     app.command("train", epilog=EPILOG)(train)
     app.command("train-autoencoder", epilog=AE_EPILOG)(train_autoencoder)
+    app.command("train-refiner", epilog=REFINER_EPILOG)(train_refiner)

@@ -104,11 +104,13 @@ def build_kl_vae(config: dict | None = None, device: str | torch.device = "cpu")
 
 
 class KLAutoencoder(nn.Module):
-    """Video wrapper around a diffusers `AutoencoderKL`, frame-chunked."""
+    """Video wrapper around a diffusers `AutoencoderKL`, frame-chunked; with an optional
+    `TemporalRefiner` run over the whole decoded clip (the embedded model's deflicker)."""
 
-    def __init__(self, vae, chunk: int = 16):
+    def __init__(self, vae, chunk: int = 16, refiner: nn.Module | None = None):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
+        self.refiner = refiner.eval().requires_grad_(False) if refiner is not None else None
         cfg = vae.config
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)
         self.latent_channels = cfg.latent_channels
@@ -128,10 +130,15 @@ class KLAutoencoder(nn.Module):
             video, lambda x: self.vae.encode(x.to(dtype)).latent_dist.mean * self.scaling_factor
         )
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, refine: bool = True) -> torch.Tensor:
+        """Frames from latents; `refine=False` skips the temporal refiner (what it is trained on)."""
         _check_video(latent, self.latent_channels, 1, "latent")
         dtype = self.vae.dtype
-        return self._frames(latent, lambda z: self.vae.decode(z.to(dtype) / self.scaling_factor).sample)
+        video = self._frames(latent, lambda z: self.vae.decode(z.to(dtype) / self.scaling_factor).sample)
+        if refine and self.refiner is not None:
+            refiner_dtype = next(self.refiner.parameters()).dtype
+            video = self.refiner(video.to(refiner_dtype)).to(video.dtype)
+        return video
 
     def describe(self) -> dict:
         return {
@@ -140,4 +147,5 @@ class KLAutoencoder(nn.Module):
             "latent_channels": self.latent_channels,
             "scaling_factor": self.scaling_factor,
             "chunk": self.chunk,
+            **({"temporal_refiner": self.refiner.config()} if self.refiner is not None else {}),
         }

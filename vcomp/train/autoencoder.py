@@ -166,9 +166,10 @@ def evaluate(vae, frames: torch.Tensor) -> dict:
             "latent_mean": float(z.mean())}
 
 
-def lr_at(cfg: AutoencoderTrainConfig, step: int) -> float:
+def lr_at(cfg, step: int) -> float:
     """Linear warm-up, then cosine decay to `min_lr_ratio * lr` at `steps` (the sharp detail of
-    the reconstructions comes late, at the low learning rates)."""
+    the reconstructions comes late, at the low learning rates). `cfg`: any trainer config with
+    lr, warmup, steps and min_lr_ratio (the autoencoder's, the refiner's)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
@@ -254,7 +255,8 @@ def load_autoencoder(folder: str | os.PathLike):
 
 def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
     """Train (or resume) and export to `cfg.out/export`. Returns a summary dict."""
-    from vcomp.train.checkpoint import append_log, find_checkpoint, load_checkpoint, save_checkpoint
+    from vcomp.train.checkpoint import find_checkpoint, load_checkpoint, save_module_checkpoint
+    from vcomp.train.module_loop import run_module_steps
 
     on_event = on_event or (lambda kind, info: None)
     torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
@@ -282,44 +284,23 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
                                                      "config": ckpt.record["config"], "end_step": start}]
     session = {"command": cfg.command, "config": cfg.to_dict(), "start_step": start}
     held = world_frames(np.random.default_rng([cfg.seed, 7]), 64, cfg.size, split="heldout")
-    t0, last = time.monotonic(), time.monotonic()
-    deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes else None
-    step = start
+    t0 = time.monotonic()
     vae.train()
 
     def save(step_now: int) -> None:
-        record = {"format": "vcomp-train-v1", "kind": "autoencoder", "step": step_now, "config": cfg.to_dict(),
-                  "wall_time_s": wall + time.monotonic() - t0,
-                  "sessions": sessions + [{**session, "end_step": step_now}]}
-        save_checkpoint(out, {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()},
-                        {"step": step_now, "optimizer": opt.state_dict()}, record)
+        save_module_checkpoint(out, "autoencoder", step_now, vae, opt, cfg.to_dict(), wall + time.monotonic() - t0,
+                               sessions + [{**session, "end_step": step_now}])
 
-    while step < cfg.steps:
-        rng = np.random.default_rng([cfg.seed, 1, step])
+    trained = [p for p in vae.parameters() if p.requires_grad]
+
+    def loss_at(step_now: int):
+        rng = np.random.default_rng([cfg.seed, 1, step_now])
         x, focus = world_frames(rng, cfg.batch, cfg.size, masks=True)
         x, focus = random_crops(x, cfg.crop, rng, focus)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        loss, parts = autoencoder_loss(vae, x, cfg.kl_weight, cfg.grad_weight, focus, cfg.object_weight,
-                                        cfg.latent_noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in vae.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        step += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            now = time.monotonic()
-            entry = {"step": step, "loss": loss.item(), **parts, "lr": lr_at(cfg, step - 1), "s_per_step": (now - last) / cfg.log_every}
-            if step % (cfg.log_every * 5) == 0 or step == cfg.steps:
-                entry.update({f"eval_{k}": v for k, v in evaluate(vae, held).items()})
-            last = now
-            append_log(out, entry)
-            on_event("log", entry)
-        if step % cfg.ckpt_every == 0:
-            save(step)
-        if deadline is not None and time.monotonic() > deadline:
-            break
-    save(step)
+        return autoencoder_loss(vae, x, cfg.kl_weight, cfg.grad_weight, focus, cfg.object_weight, cfg.latent_noise)
+
+    step = run_module_steps(cfg, start, trained, opt, loss_at, out=out, save=save, evaluate=lambda: evaluate(vae, held),
+                            eval_every=cfg.log_every * 5, on_event=on_event)
     vae.eval()
     stats = evaluate(vae, held)
     if fixed_scale is not None:  # the encoder is unchanged: so is the latent space and its scale

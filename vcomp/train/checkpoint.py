@@ -67,6 +67,16 @@ def save_checkpoint(run_dir: str | os.PathLike, tensors: dict[str, torch.Tensor]
     return target
 
 
+def save_module_checkpoint(run_dir: str | os.PathLike, kind: str, step: int, module: torch.nn.Module, optimizer,
+                           config: dict, wall_time_s: float, sessions: list[dict]) -> Path:
+    """The checkpoint of a trainer of one module (the autoencoder, the temporal refiner): its
+    weights, the optimizer state and the run record that `--resume` reads back."""
+    record = {"format": FORMAT, "kind": kind, "step": step, "config": config, "wall_time_s": wall_time_s,
+              "sessions": sessions}
+    return save_checkpoint(run_dir, {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                           {"step": step, "optimizer": optimizer.state_dict()}, record)
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path | None:
     """The checkpoint folder for a run folder or a checkpoint folder; None if there is none."""
     path = Path(path).expanduser()
@@ -113,6 +123,7 @@ class InitWeights:
     autoencoder: dict | None = None  # the latent space's description (None: the record predates it)
     vae: dict[str, torch.Tensor] = field(default_factory=dict)  # its weights (AutoencoderKL only)
     sampling: dict | None = None  # its measured sampling defaults (guidance), which a fine-tune keeps
+    refiner: dict[str, torch.Tensor] = field(default_factory=dict)  # its temporal refiner's weights, if any
 
 
 def load_init(path: str | os.PathLike) -> InitWeights:
@@ -129,7 +140,8 @@ def load_init(path: str | os.PathLike) -> InitWeights:
                    "init": rec.get("init_history"), "autoencoder": rec.get("autoencoder_history")}
         return InitWeights(ckpt.weights(prefix + "unet."), ckpt.weights(prefix + "text."), rec["model"],
                            rec["text_encoder"], f"{ckpt.path} ({'EMA' if prefix else 'raw'} weights, step {ckpt.step})",
-                           history, rec.get("autoencoder"), ckpt.weights("vae."), rec.get("init_sampling"))
+                           history, rec.get("autoencoder"), ckpt.weights("vae."), rec.get("init_sampling"),
+                           ckpt.weights("refiner."))
     folder = path.parent if path.suffix in (".safetensors", ".json") else path
     weights_path, config_path = embedded_paths(folder)
     if weights_path.is_file() and config_path.is_file():
@@ -141,7 +153,7 @@ def load_init(path: str | os.PathLike) -> InitWeights:
                            {k[5:]: v for k, v in sd.items() if k.startswith("text.")},
                            record["model"], record["text_encoder"], str(weights_path), record.get("training", {}),
                            record.get("autoencoder"), {k[4:]: v for k, v in sd.items() if k.startswith("vae.")},
-                           record.get("sampling"))
+                           record.get("sampling"), {k[8:]: v for k, v in sd.items() if k.startswith("refiner.")})
     raise InputError(f"--init {path}: neither a training run/checkpoint folder nor an embedded model "
                      "(embedded.safetensors + embedded.json)")
 

@@ -64,7 +64,7 @@ from vcomp.train.data import (
     worker_init,
 )
 from vcomp.train.dropout import DropoutConfig, drop_captions, drop_text_beside_style, sample_keep
-from vcomp.weights.embedded import autoencoder_spec, autoencoder_tensors
+from vcomp.weights.embedded import autoencoder_spec, autoencoder_tensors, refiner_tensors
 
 Event = Callable[[str, dict], None]
 
@@ -466,7 +466,7 @@ class Trainer:
         self.model = Denoiser(unet, text).to(self.device)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         if ckpt is not None:
-            load_state_dict_strict(self.model, {k: v for k, v in ckpt.tensors.items() if not k.startswith(("ema.", "vae."))},
+            load_state_dict_strict(self.model, {k: v for k, v in ckpt.tensors.items() if not k.startswith(("ema.", "vae.", "refiner."))},
                                    source=f"weights in {ckpt.path}")
             load_state_dict_strict(self.ema_model, ckpt.weights("ema."), source=f"EMA weights in {ckpt.path}")
 
@@ -534,7 +534,7 @@ class Trainer:
         if ckpt is not None:
             spec = ckpt.record.get("autoencoder") or {"type": "pixel_unshuffle", "factor": base.latent_scale}
             self.autoencoder_history = ckpt.record.get("autoencoder_history")
-            return autoencoder_from_spec(spec, ckpt.weights("vae.") or None)
+            return autoencoder_from_spec(spec, ckpt.weights("vae.") or None, ckpt.weights("refiner.") or None)
         if self.cfg.autoencoder:
             from vcomp.model.autoencoder import KLAutoencoder
             from vcomp.train.autoencoder import load_autoencoder
@@ -544,7 +544,7 @@ class Trainer:
             return KLAutoencoder(vae)
         if init is not None and init.autoencoder:
             self.autoencoder_history = init.history.get("autoencoder")
-            return autoencoder_from_spec(init.autoencoder, init.vae or None)
+            return autoencoder_from_spec(init.autoencoder, init.vae or None, init.refiner or None)
         if base.in_dim == 3 * base.latent_scale**2:
             return autoencoder_from_spec({"type": "pixel_unshuffle", "factor": base.latent_scale})
         raise InputError(f"the {base.name!r} preset denoises a learned latent ({base.in_dim} channels): pass "
@@ -699,6 +699,7 @@ class Trainer:
         tensors = prefixed("", self.model.state_dict())
         tensors.update(prefixed("ema.", self.ema_model.state_dict()))
         tensors.update(prefixed("vae.", autoencoder_tensors(self.autoencoder)))
+        tensors.update(prefixed("refiner.", refiner_tensors(self.autoencoder)))  # frozen, kept for the export
         record = self._record(step, session)
         path = save_checkpoint(self.out, tensors, self._state(step), record)
         self.on_event("checkpoint", {"step": step, "path": str(path)})

@@ -4,12 +4,14 @@
       "format": "vcomp-embedded-v1",
       "model": ModelConfig.to_dict(),                       # the UNet preset ("tiny"), as data
       "text_encoder": {"vocab": [...], "dim", "max_len", "depth", "heads"},
-      "autoencoder": {"type": "AutoencoderKL", "config": {...diffusers config...}}
+      "autoencoder": {"type": "AutoencoderKL", "config": {...diffusers config...},
+                      "temporal_refiner": {"width", "layers"} (optional: the deflicker after the decoder)}
                      (or {"type": "pixel_unshuffle", "factor": 4}, the first release's latent),
       "style": {"extractor": "colour-stats-v1", "dim": 64},
       "training": {...}                                     # free-form record written by the trainer
     }
-    embedded.safetensors = {"unet.<key>": ..., "text.<key>": ..., "vae.<key>": ... (AutoencoderKL only)}
+    embedded.safetensors = {"unet.<key>": ..., "text.<key>": ..., "vae.<key>": ... (AutoencoderKL only),
+                            "refiner.<key>": ... (with a temporal refiner only)}
 
 `save_embedded` is what the trainer calls; `load_embedded` is what the pipeline calls.
 `random_embedded` builds the same parts randomly initialised (tests, or VCOMP_ALLOW_RANDOM=1).
@@ -39,9 +41,10 @@ class EmbeddedModel:
     source: str = "random"  # path of the safetensors file, or "random"
 
 
-def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = None):
-    """The `VideoAutoencoder` an embedded record describes; `tensors` = its "vae." weights
-    (prefix removed; None = random initialisation)."""
+def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = None,
+                          refiner_tensors: dict[str, torch.Tensor] | None = None):
+    """The `VideoAutoencoder` an embedded record describes; `tensors` = its "vae." weights and
+    `refiner_tensors` its "refiner." ones (prefixes removed; None = random initialisation)."""
     from vcomp.model.autoencoder import KLAutoencoder, PixelUnshuffleAutoencoder
 
     kind = spec.get("type")
@@ -59,20 +62,42 @@ def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = 
         raise WeightsError(f"embedded model: bad autoencoder config ({exc})") from None
     if tensors is not None:
         load_state_dict_strict(vae, tensors, source="autoencoder weights of the embedded model")
-    return KLAutoencoder(vae)
+    refiner = None
+    if spec.get("temporal_refiner") is not None:
+        from vcomp.model.temporal_refiner import TemporalRefiner
+
+        try:
+            refiner = TemporalRefiner(**spec["temporal_refiner"])
+        except (TypeError, ValueError) as exc:
+            raise WeightsError(f"embedded model: bad temporal refiner config ({exc})") from None
+        if refiner_tensors is not None:
+            load_state_dict_strict(refiner, refiner_tensors, source="temporal-refiner weights of the embedded model")
+        elif tensors is not None:  # a trained model whose refiner went missing: not silently the identity
+            raise WeightsError("embedded model: the temporal refiner is described but its weights (refiner.*) "
+                               "are missing")
+    return KLAutoencoder(vae, refiner=refiner)
 
 
 def autoencoder_spec(autoencoder) -> dict:
     """The embedded-record description of a `VideoAutoencoder` (the inverse of autoencoder_from_spec)."""
     if hasattr(autoencoder, "vae"):
-        return {"type": "AutoencoderKL", "factor": autoencoder.factor,
+        spec = {"type": "AutoencoderKL", "factor": autoencoder.factor,
                 "config": {k: v for k, v in dict(autoencoder.vae.config).items() if not k.startswith("_")}}
+        if getattr(autoencoder, "refiner", None) is not None:
+            spec["temporal_refiner"] = autoencoder.refiner.config()
+        return spec
     return autoencoder.describe()
 
 
 def autoencoder_tensors(autoencoder) -> dict[str, torch.Tensor]:
     """The learned autoencoder's state dict (empty for the parameter-free pixel unshuffle)."""
     return dict(autoencoder.vae.state_dict()) if hasattr(autoencoder, "vae") else {}
+
+
+def refiner_tensors(autoencoder) -> dict[str, torch.Tensor]:
+    """The temporal refiner's state dict (empty when the autoencoder has none)."""
+    refiner = getattr(autoencoder, "refiner", None)
+    return dict(refiner.state_dict()) if refiner is not None else {}
 
 
 def random_embedded(seed: int = 0, vocab=None, preset: str = "tiny", **overrides) -> EmbeddedModel:
@@ -139,6 +164,8 @@ def save_embedded(folder: str | os.PathLike, unet, text_encoder, training: dict 
         autoencoder = PixelUnshuffleAutoencoder(cfg.latent_scale)
     # the autoencoder stays fp32: it is small, and its decoder's last layers set the output's quality
     tensors.update({f"vae.{k}": v.detach().cpu().contiguous() for k, v in autoencoder_tensors(autoencoder).items()})
+    tensors.update({f"refiner.{k}": v.detach().cpu().float().contiguous()
+                    for k, v in refiner_tensors(autoencoder).items()})
     record = {
         "format": FORMAT,
         "model": cfg.to_dict(),
@@ -190,16 +217,20 @@ def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.d
                                   source=f"UNet weights in {weights_path}")
     load_state_dict_strict(text, {k[5:]: v for k, v in sd.items() if k.startswith("text.")},
                            source=f"text-encoder weights in {weights_path}")
-    extra = sorted(k for k in sd if not k.startswith(("unet.", "text.", "vae.")))
+    extra = sorted(k for k in sd if not k.startswith(("unet.", "text.", "vae.", "refiner.")))
     if extra:
         raise WeightsError(f"{weights_path}: unexpected tensors {extra[:5]}")
     vae = {k[4:]: v for k, v in sd.items() if k.startswith("vae.")}
     spec = record.get("autoencoder", {})
     if spec.get("type") == "AutoencoderKL" and not vae:
         raise WeightsError(f"{weights_path}: the autoencoder's weights (vae.*) are missing; reinstall vcomp")
-    autoencoder = autoencoder_from_spec(spec, vae or None)
+    refiner = {k[8:]: v for k, v in sd.items() if k.startswith("refiner.")}
+    if bool(refiner) != (spec.get("temporal_refiner") is not None):
+        raise WeightsError(f"{weights_path}: the temporal refiner's weights and its description in "
+                           f"{config_path.name} do not match (one is missing); reinstall vcomp")
+    autoencoder = autoencoder_from_spec(spec, vae or None, refiner or None)
     if hasattr(autoencoder, "vae"):
-        autoencoder.vae.to(device)
+        autoencoder.to(device)
     return EmbeddedModel(unet.to(device).eval(), text.to(device).eval(), autoencoder, record, str(weights_path))
 
 
@@ -226,5 +257,29 @@ def with_decoder(folder: str | os.PathLike, vae, out: str | os.PathLike | None =
     training = dict(emb.record.get("training", {}))
     if history is not None:
         training["decoder"] = history
+    return save_embedded(out or folder, emb.unet, emb.text_encoder, training, emb.autoencoder,
+                         emb.record.get("style"), emb.record.get("sampling"))
+
+
+def with_refiner(folder: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write the embedded model in `folder` with the temporal refiner of the model in `source`
+    into `out` (default: in place).
+
+    Why: a refiner learns one decoder's flicker, so it moves only between models that share that
+    autoencoder (e.g. a UNet fine-tuned with `vcomp train --init` after the refiner was trained on
+    its parent); anything else is refused."""
+    emb, donor = load_embedded(folder), load_embedded(source)
+    refiner = getattr(donor.autoencoder, "refiner", None)
+    if refiner is None:
+        raise WeightsError(f"{source}: this embedded model has no temporal refiner to copy (train one with "
+                           "`vcomp train-refiner`)")
+    if not hasattr(emb.autoencoder, "vae"):
+        raise WeightsError(f"{folder}: this embedded model's latent is a pixel unshuffle; a refiner does not apply")
+    mine, theirs = emb.autoencoder.vae.state_dict(), donor.autoencoder.vae.state_dict()
+    if set(mine) != set(theirs) or not all(torch.equal(mine[k], theirs[k]) for k in mine):
+        raise WeightsError(f"{folder}: its autoencoder is not the one the refiner in {source} was trained after; "
+                           "train a refiner for it (`vcomp train-refiner --init FOLDER`)")
+    emb.autoencoder.refiner = refiner
+    training = {**emb.record.get("training", {}), "refiner": donor.record.get("training", {}).get("refiner")}
     return save_embedded(out or folder, emb.unet, emb.text_encoder, training, emb.autoencoder,
                          emb.record.get("style"), emb.record.get("sampling"))

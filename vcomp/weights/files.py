@@ -169,7 +169,7 @@ def inventory(weights_dir: str | os.PathLike | None = None, assets: str | os.Pat
         "path": str(weights_path) if found else None,
         "size": weights_path.stat().st_size + config_path.stat().st_size if found else None,
         "expected_at": str(weights_path),
-        "default_guidance": _embedded_guidance(config_path) if found else None,
+        **(_embedded_settings(config_path) if found else {"default_guidance": None, "temporal_refiner": None}),
     })
     have = {f["key"]: f["found"] for f in files}
     preset, reason = resolve_preset(weights_dir, assets)
@@ -186,16 +186,20 @@ def inventory(weights_dir: str | os.PathLike | None = None, assets: str | os.Pat
             "generator": {"preset": preset, "reason": reason}, "extractors": extractors}
 
 
-def _embedded_guidance(config_path: Path) -> dict | None:
-    """The embedded model's measured default guidance ("default", per-guide "by_guide"), so a user
-    can see what --guidance falls back to; None when its embedded.json cannot be read."""
+def _embedded_settings(config_path: Path) -> dict:
+    """What the embedded model's embedded.json says a user may want to know: its measured default
+    guidance ("default", per-guide "by_guide"; what --guidance falls back to) and its temporal
+    refiner's size (None: frames are decoded one by one); None values when it cannot be read."""
     import json
 
     try:
-        sampling = json.loads(config_path.read_text()).get("sampling") or {}
-        return {"default": sampling.get("guidance"), "by_guide": dict(sampling.get("guidance_by_guide") or {})}
+        record = json.loads(config_path.read_text())
+        sampling = record.get("sampling") or {}
+        return {"default_guidance": {"default": sampling.get("guidance"),
+                                     "by_guide": dict(sampling.get("guidance_by_guide") or {})},
+                "temporal_refiner": (record.get("autoencoder") or {}).get("temporal_refiner")}
     except (OSError, ValueError, AttributeError, TypeError):
-        return None
+        return {"default_guidance": None, "temporal_refiner": None}
 
 
 def format_size(n: int | None) -> str:
