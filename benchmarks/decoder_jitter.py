@@ -35,7 +35,6 @@ def main() -> None:
 
     from vcomp.evaluation.metrics import motion_control_error
     from vcomp.evaluation.suite import make_case
-    from vcomp.train.autoencoder import load_any_autoencoder
 
     samples = [make_case(0, i).sample for i in range(args.n)]
     motions = [np.asarray(s.motion, np.float32) for s in samples]
@@ -44,9 +43,7 @@ def main() -> None:
     print(f"{'clip':40s} motion error (px/frame) at latent noise {', '.join(map(str, levels))}")
     print(f"{'first frame frozen (baseline)':40s} {frozen:.3f}")
     for folder in args.autoencoders:
-        vae, _ = load_any_autoencoder(folder)
-        vae.eval()
-        refiner = embedded_refiner(folder)
+        vae, refiner = autoencoder_and_refiner(folder)
         for label, refine in [(folder, None)] + ([(f"{folder} + refiner", refiner)] if refiner else []):
             errors, psnrs = decode_errors(vae, refine, samples, motions, levels)
             ratios = "  ".join(f"{e:.3f} ({e / frozen:.1f}x)" for e in errors)
@@ -54,15 +51,19 @@ def main() -> None:
             print(f"{label:40s} {ratios}{psnr_text}")
 
 
-def embedded_refiner(folder: str):
-    """The temporal refiner of an embedded-model folder, or None (autoencoder exports have none)."""
+def autoencoder_and_refiner(folder: str):
+    """(AutoencoderKL, temporal refiner or None) of an embedded-model folder, loaded once; an
+    autoencoder export has no refiner."""
+    from vcomp.train.autoencoder import load_any_autoencoder
     from vcomp.weights.files import embedded_available
 
-    if not embedded_available(folder):
-        return None
-    from vcomp.weights.embedded import load_embedded
+    if embedded_available(folder):
+        from vcomp.weights.embedded import load_embedded
 
-    return getattr(load_embedded(folder).autoencoder, "refiner", None)
+        autoencoder = load_embedded(folder).autoencoder
+        if hasattr(autoencoder, "vae"):
+            return autoencoder.vae.float().eval(), getattr(autoencoder, "refiner", None)
+    return load_any_autoencoder(folder)[0].eval(), None  # an export, or the error that says why not
 
 
 def decode_errors(vae, refiner, samples, motions, levels):

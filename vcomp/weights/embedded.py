@@ -63,6 +63,9 @@ def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = 
     if tensors is not None:
         load_state_dict_strict(vae, tensors, source="autoencoder weights of the embedded model")
     refiner = None
+    if refiner_tensors and spec.get("temporal_refiner") is None:
+        raise WeightsError("embedded model: temporal refiner weights (refiner.*) are present but its description "
+                           "(autoencoder.temporal_refiner) is missing; reinstall vcomp")
     if spec.get("temporal_refiner") is not None:
         from vcomp.model.temporal_refiner import TemporalRefiner
 
@@ -225,9 +228,6 @@ def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.d
     if spec.get("type") == "AutoencoderKL" and not vae:
         raise WeightsError(f"{weights_path}: the autoencoder's weights (vae.*) are missing; reinstall vcomp")
     refiner = {k[8:]: v for k, v in sd.items() if k.startswith("refiner.")}
-    if bool(refiner) != (spec.get("temporal_refiner") is not None):
-        raise WeightsError(f"{weights_path}: the temporal refiner's weights and its description in "
-                           f"{config_path.name} do not match (one is missing); reinstall vcomp")
     autoencoder = autoencoder_from_spec(spec, vae or None, refiner or None)
     if hasattr(autoencoder, "vae"):
         autoencoder.to(device)
