@@ -185,3 +185,6 @@ def test_a_unet_fine_tune_of_a_refined_model_keeps_its_refiner(model_dir, tmp_pa
     emb = load_embedded(export)
     assert emb.record["training"]["steps"] == 2
     assert all(torch.equal(emb.autoencoder.refiner.state_dict()[k], v) for k, v in trained.items())
+    # and so does the record of how it was trained, at the top level where `vcomp models` reads it
+    assert emb.record["training"]["refiner"] == load_embedded(refined).record["training"]["refiner"]
+    assert emb.record["training"]["refiner"]["steps"] == TINY["steps"]

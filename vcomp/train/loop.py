@@ -705,6 +705,18 @@ class Trainer:
         self.on_event("checkpoint", {"step": step, "path": str(path)})
         return path
 
+    def _kept_decoder_history(self) -> dict:
+        """The --init model's `decoder` and `refiner` training records, when this run kept its
+        autoencoder: they describe the exported decoder too, and `vcomp models` and the docs read
+        them at the top level (they would otherwise survive only nested under `init`)."""
+        init = self.init_history or {}
+        if init.get("autoencoder") != self.autoencoder_history:
+            return {}
+        kept = {"decoder": init.get("decoder")}
+        if getattr(self.autoencoder, "refiner", None) is not None:
+            kept["refiner"] = init.get("refiner")
+        return {k: v for k, v in kept.items() if v is not None}
+
     def export(self, path: str | os.PathLike, step: int, session: dict) -> tuple[Path, Path]:
         """The EMA weights in the embedded-model format (`vcomp.weights.embedded`)."""
         from vcomp.model import create_model
@@ -724,7 +736,7 @@ class Trainer:
             "hardware": [s.get("hardware") for s in rec["sessions"]][-1], "world_size": self.world_size,
             "data": rec["data"], "config": rec["config"], "loss_ema": self.loss_ema,
             "evals": rec["evals"][-20:], "exported": _now(), "init": self.init_history,
-            "autoencoder": self.autoencoder_history,
+            "autoencoder": self.autoencoder_history, **self._kept_decoder_history(),
         }
         paths = save_embedded(path, unet, text, training=training, autoencoder=self.autoencoder,
                               sampling=self.init_sampling)
