@@ -123,12 +123,19 @@ class RelativePositionBias(nn.Module):
         return rearrange(self.table(rel + self.max_distance), "i j h -> h i j")
 
 
+def frame_positions(frames: int, dim: int, device=None, dtype=None) -> torch.Tensor:
+    """Sinusoidal embedding of the frame indices 0..frames-1 -> [frames, dim] (any clip length)."""
+    return timestep_embedding(torch.arange(frames, device=device), dim).to(dtype or torch.float32)
+
+
 class TemporalTransformer(nn.Module):
     """Self-attention along time for every pixel (published `TemporalTransformer` with
     `only_self_att=True`: both attn1 and attn2 attend over frames; context is unused).
-    GroupNorm over the whole clip, Conv1d k=1 proj_in/proj_out."""
+    GroupNorm over the whole clip, Conv1d k=1 proj_in/proj_out. `frame_pos`: absolute frame
+    positions enter the tokens through a zero-initialised linear map (`ModelConfig.temporal_frame_pos`)."""
 
-    def __init__(self, dim, heads, dim_head, depth=1, dropout=0.0, groups=32, rel_pos_max_distance=None):
+    def __init__(self, dim, heads, dim_head, depth=1, dropout=0.0, groups=32, rel_pos_max_distance=None,
+                 frame_pos=False):
         super().__init__()
         inner = heads * dim_head
         self.norm = nn.GroupNorm(groups, dim, eps=1e-6)
@@ -138,6 +145,7 @@ class TemporalTransformer(nn.Module):
         )
         self.proj_out = zero_module(nn.Conv1d(inner, dim, 1))
         self.rel_pos = RelativePositionBias(heads, rel_pos_max_distance) if rel_pos_max_distance else None
+        self.frame_pos = zero_module(nn.Linear(inner, inner)) if frame_pos else None
 
     def forward(self, x, batch: int):
         """x [(b f), c, h, w] -> same"""
@@ -145,6 +153,8 @@ class TemporalTransformer(nn.Module):
         b, _, f, h, w = x.shape
         y = rearrange(self.norm(x), "b c f h w -> (b h w) c f")
         y = rearrange(self.proj_in(y), "n c f -> n f c")
+        if self.frame_pos is not None:
+            y = y + self.frame_pos(frame_positions(f, y.shape[-1], y.device, y.dtype))
         bias = self.rel_pos(f) if self.rel_pos is not None else None
         for block in self.transformer_blocks:
             y = block(y, bias=bias)

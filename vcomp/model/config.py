@@ -58,6 +58,13 @@ class ModelConfig:
     temporal_attn_times: int = 1  # transformer blocks per TemporalTransformer
     temporal_rel_pos_bias: bool = False  # learned relative-position bias (not in the paper's code)
     temporal_max_distance: int = 16  # relative distances are clipped to +-this (if enabled)
+    # absolute frame positions (sinusoidal, through a zero-initialised linear map) added to the
+    # temporal transformers' tokens (not in the paper's code). Why: with only a relative bias and
+    # the text entering per frame, nothing tells a frame where it is in the clip, and the embedded
+    # model's objects moved in directions unrelated to the caption's direction word. Zero-initialised,
+    # so it can be switched on for a trained model (`vcomp train --init M --model-json
+    # '{"temporal_frame_pos": true}'`) which then starts out computing exactly what it did.
+    temporal_frame_pos: bool = False
     # text and style context (cross-attention tokens)
     context_dim: int = 1024  # width of text tokens (OpenCLIP ViT-H-14: 1024)
     text_len: int = 77  # tokens of the null-text embedding `zero_y`

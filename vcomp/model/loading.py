@@ -65,3 +65,17 @@ def load_state_dict_strict(
                 if buf is not None and buf.is_meta:
                     module._buffers[name] = torch.zeros(buf.shape, dtype=buf.dtype, device=device)
     return model
+
+
+#: modules a trained model may gain when fine-tuned (`ModelConfig.temporal_frame_pos`): they are
+#: zero-initialised, so a model without them computes what one with them does before training
+ADDABLE_MODULES = (".frame_pos.",)
+
+
+def with_added_modules(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state_dict` completed with `model`'s own (zero-initialised) tensors of the ADDABLE_MODULES
+    it lacks, for starting a run with such a module from weights trained without it; every other
+    key must still match when loaded strictly."""
+    added = {k: v for k, v in model.state_dict().items()
+             if k not in state_dict and any(name in k for name in ADDABLE_MODULES)}
+    return {**added, **state_dict}

@@ -98,7 +98,7 @@ class UNet3D(nn.Module):
             rel = cfg.temporal_max_distance if cfg.temporal_rel_pos_bias else None
             heads = heads or c // cfg.head_dim
             depth, drop = cfg.temporal_attn_times, cfg.attn_dropout
-            return [TemporalTransformer(c, heads, cfg.head_dim, depth, drop, groups, rel)]
+            return [TemporalTransformer(c, heads, cfg.head_dim, depth, drop, groups, rel, cfg.temporal_frame_pos)]
 
         # encoder
         widths = [dim * m for m in cfg.dim_mult]

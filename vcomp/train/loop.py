@@ -415,7 +415,7 @@ class Trainer:
         from vcomp.model.adapters import get_adapter
         from vcomp.model.config import ModelConfig
         from vcomp.model.embedders import WordTextEncoder, build_vocab
-        from vcomp.model.loading import load_state_dict_strict
+        from vcomp.model.loading import load_state_dict_strict, with_added_modules
 
         cfg = self.cfg
         self.source = self._source(cfg)
@@ -460,7 +460,7 @@ class Trainer:
         vocab = text_spec.pop("vocab")
         text = WordTextEncoder(vocab, **text_spec)
         if init is not None:
-            load_state_dict_strict(unet, init.unet, source=f"UNet weights of {init.source}")
+            load_state_dict_strict(unet, with_added_modules(unet, init.unet), source=f"UNet weights of {init.source}")
             load_state_dict_strict(text, init.text, source=f"text-encoder weights of {init.source}")
             text = extend_vocab(text, build_vocab(self.source.captions(), words=())[4:])
         self.model = Denoiser(unet, text).to(self.device)
