@@ -22,23 +22,15 @@ import numpy as np
 
 
 def fitted_track(frames: np.ndarray) -> dict | None:
-    """Straight fit of the main object's centroid track: direction, speed (px/frame), residual / spread."""
+    """Straight fit of the main object's centroid track (`world_checks.straight_fit`): direction,
+    speed (px/frame), wobble (residual / spread)."""
     from vcomp.evaluation import world_checks as W
 
-    track = W.analyse_object(frames)["track"]
-    valid = np.isfinite(track).all(1)
-    if valid.sum() < 3:
+    fit = W.straight_fit(W.analyse_object(frames)["track"])
+    if fit is None:
         return None
-    t = np.arange(len(track), dtype=np.float64)[valid]
-    p = track[valid]
-    design = np.stack([np.ones_like(t), t], 1)
-    coef, *_ = np.linalg.lstsq(design, p, rcond=None)
-    spread = math.sqrt(float(((p - p.mean(0)) ** 2).sum(1).mean()))
-    residual = math.sqrt(float(((p - design @ coef) ** 2).sum(1).mean()))
-    vx, vy = coef[1]
-    angle = math.atan2(vy, vx)
-    direction = max(W.MOVING, key=lambda d: math.cos(angle - math.atan2(W.DIRECTIONS[d][1], W.DIRECTIONS[d][0])))
-    return {"direction": direction, "speed": float(math.hypot(vx, vy)), "wobble": residual / max(spread, 1e-6)}
+    return {"direction": fit["direction"], "speed": math.hypot(*fit["velocity"]),
+            "wobble": fit["residual"] / max(fit["spread"], 1e-6)}
 
 
 def main() -> None:

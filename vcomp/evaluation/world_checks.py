@@ -284,8 +284,10 @@ def shape_class(mask: np.ndarray) -> str | None:
 # ----------------------------------------------------------------------------------------------
 # motion
 # ----------------------------------------------------------------------------------------------
-def direction_of_motion(track: np.ndarray, size: int = REFERENCE_SIZE) -> str | None:
-    """One of DIRECTIONS from a centroid track float [T,2] (x, y; NaN = object not found).
+def straight_fit(track: np.ndarray) -> dict | None:
+    """Constant-velocity least-squares fit of a centroid track float [T,2] (x, y; NaN = object not
+    found): {"velocity": (vx, vy) px/frame, "spread": RMS distance of the centroids from their mean,
+    "residual": RMS distance from the fit, "direction": the nearest of the 8 straight directions}.
     None when fewer than half the frames (or fewer than 3) have the object."""
     track = np.asarray(track, np.float64)
     valid = np.isfinite(track).all(1)
@@ -293,18 +295,28 @@ def direction_of_motion(track: np.ndarray, size: int = REFERENCE_SIZE) -> str | 
         return None
     t = np.arange(len(track), dtype=np.float64)[valid]
     p = track[valid]
-    k = size / REFERENCE_SIZE
     spread = math.sqrt(float(((p - p.mean(0)) ** 2).sum(1).mean()))
-    if spread < STILL_SPREAD * k:
-        return "still"
     design = np.stack([np.ones_like(t), t], 1)
     coef, *_ = np.linalg.lstsq(design, p, rcond=None)
     residual = math.sqrt(float(((p - design @ coef) ** 2).sum(1).mean()))
-    if residual > CIRCLE_RESIDUAL * spread:
-        return "in a circle"
     vx, vy = coef[1]
     angle = math.atan2(vy, vx)
-    return max(MOVING, key=lambda d: math.cos(angle - math.atan2(DIRECTIONS[d][1], DIRECTIONS[d][0])))
+    direction = max(MOVING, key=lambda d: math.cos(angle - math.atan2(DIRECTIONS[d][1], DIRECTIONS[d][0])))
+    return {"velocity": (float(vx), float(vy)), "spread": spread, "residual": residual, "direction": direction}
+
+
+def direction_of_motion(track: np.ndarray, size: int = REFERENCE_SIZE) -> str | None:
+    """One of DIRECTIONS from a centroid track float [T,2] (x, y; NaN = object not found):
+    "still" below a small spread, "in a circle" when the straight fit leaves a large residual,
+    else the fit's direction. None when fewer than half the frames (or fewer than 3) have the object."""
+    fit = straight_fit(track)
+    if fit is None:
+        return None
+    if fit["spread"] < STILL_SPREAD * (size / REFERENCE_SIZE):
+        return "still"
+    if fit["residual"] > CIRCLE_RESIDUAL * fit["spread"]:
+        return "in a circle"
+    return fit["direction"]
 
 
 # ----------------------------------------------------------------------------------------------
