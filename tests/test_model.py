@@ -219,6 +219,33 @@ def test_frame_positions_start_as_a_no_op_and_then_tell_frames_apart(tiny):
     assert per_frame.min() > 1e-3 and not torch.allclose(change[:, :, 0], change[:, :, 1], atol=1e-4)
 
 
+def test_temporal_text_attention_starts_as_a_no_op_and_then_reads_the_caption(tiny):
+    """`temporal_text_attention` adds zero-initialised attention of the temporal tokens to the text:
+    switched on for a trained model it computes exactly what the model did; once trained (here:
+    perturbed) the caption changes the output through the temporal layers too."""
+    from vcomp.model.loading import with_added_modules
+
+    cfg = dataclasses.replace(tiny.cfg, temporal_text_attention=True)
+    grown = create_model(cfg).eval()
+    load_state_dict_strict(grown, with_added_modules(grown, tiny.state_dict()))
+    added = [k for k in grown.state_dict() if k not in tiny.state_dict()]
+    assert added and all(".text_attn." in k or ".text_norm." in k for k in added)
+    owners = {type(grown.get_submodule(k.split(".text_")[0])).__name__ for k in added}
+    assert owners == {"TemporalTransformer"}
+
+    x, t, context, style, _ = make_inputs(tiny.cfg)
+    other = torch.randn_like(context)
+    with torch.inference_mode():
+        assert torch.equal(tiny(x, t, context, style, {}), grown(x, t, context, style, {}))
+        text_effect_before = tiny(x, t, other, style, {}) - tiny(x, t, context, style, {})
+    with torch.no_grad():
+        for name, p in grown.named_parameters():
+            if ".text_attn.to_out" in name:
+                p.add_(0.05 * torch.randn_like(p))
+        text_effect = grown(x, t, other, style, {}) - grown(x, t, context, style, {})
+    assert (text_effect - text_effect_before).abs().mean() > 1e-3
+
+
 def test_style_and_text_change_output(tiny):
     x, t, context, style, conds = make_inputs(tiny.cfg)
     with torch.inference_mode():

@@ -327,20 +327,21 @@ def test_a_fine_tune_keeps_the_init_models_sampling_defaults_through_resume_and_
     assert pipe.default_guidance == EMBEDDED_GUIDANCE + 1.5
 
 
-def test_a_fine_tune_can_switch_on_frame_positions(tmp_path):
-    """`--model-json '{"temporal_frame_pos": true}'` on an --init model trained without them: the run
-    starts from that model's weights plus the zero-initialised frame-position maps, trains them, and
-    exports a model that loads with them."""
+@pytest.mark.parametrize("flag, key", [("temporal_frame_pos", ".frame_pos."),
+                                       ("temporal_text_attention", ".text_attn.to_out")])
+def test_a_fine_tune_can_switch_on_an_addable_module(tmp_path, flag, key):
+    """`--model-json '{"temporal_frame_pos": true}'` (or `temporal_text_attention`) on an --init model
+    trained without it: the run starts from that model's weights plus the zero-initialised new maps,
+    trains them, and exports a model that loads with them."""
     from vcomp.weights.embedded import load_embedded
 
     base = tmp_path / "base"
     train(micro(tmp_path / "run0", stage="1", steps=1, export=str(base)))
-    assert not load_embedded(base).unet.cfg.temporal_frame_pos
+    assert not getattr(load_embedded(base).unet.cfg, flag)
     run, export = tmp_path / "run1", tmp_path / "export"
-    train(micro(run, init=str(base), stage="2", steps=2, export=str(export),
-                model={**MICRO, "temporal_frame_pos": True}))
-    assert load_embedded(export).unet.cfg.temporal_frame_pos
-    trained = {k: v for k, v in load_checkpoint(run).tensors.items() if ".frame_pos." in k and not k.startswith("ema.")}
+    train(micro(run, init=str(base), stage="2", steps=2, export=str(export), model={**MICRO, flag: True}))
+    assert getattr(load_embedded(export).unet.cfg, flag)
+    trained = {k: v for k, v in load_checkpoint(run).tensors.items() if key in k and not k.startswith("ema.")}
     assert trained and any(v.abs().sum() > 0 for v in trained.values())
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vcomp.model.attention import BasicTransformerBlock
+from vcomp.model.attention import BasicTransformerBlock, CrossAttention
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -132,10 +132,12 @@ class TemporalTransformer(nn.Module):
     """Self-attention along time for every pixel (published `TemporalTransformer` with
     `only_self_att=True`: both attn1 and attn2 attend over frames; context is unused).
     GroupNorm over the whole clip, Conv1d k=1 proj_in/proj_out. `frame_pos`: absolute frame
-    positions enter the tokens through a zero-initialised linear map (`ModelConfig.temporal_frame_pos`)."""
+    positions enter the tokens through a zero-initialised linear map (`ModelConfig.temporal_frame_pos`).
+    `text_context_dim`: the tokens first attend to the text/style context through a zero-initialised
+    output map (`ModelConfig.temporal_text_attention`)."""
 
     def __init__(self, dim, heads, dim_head, depth=1, dropout=0.0, groups=32, rel_pos_max_distance=None,
-                 frame_pos=False):
+                 frame_pos=False, text_context_dim=None):
         super().__init__()
         inner = heads * dim_head
         self.norm = nn.GroupNorm(groups, dim, eps=1e-6)
@@ -146,15 +148,25 @@ class TemporalTransformer(nn.Module):
         self.proj_out = zero_module(nn.Conv1d(inner, dim, 1))
         self.rel_pos = RelativePositionBias(heads, rel_pos_max_distance) if rel_pos_max_distance else None
         self.frame_pos = zero_module(nn.Linear(inner, inner)) if frame_pos else None
+        self.text_norm = nn.LayerNorm(inner) if text_context_dim else None
+        self.text_attn = CrossAttention(inner, text_context_dim, heads, dim_head, dropout) if text_context_dim else None
+        if self.text_attn is not None:
+            zero_module(self.text_attn.to_out[0])
 
-    def forward(self, x, batch: int):
-        """x [(b f), c, h, w] -> same"""
+    def forward(self, x, batch: int, context=None):
+        """x [(b f), c, h, w] -> same; context [(b f), L, context_dim], the same for every frame of a
+        clip (read only with `text_context_dim`)"""
         x = rearrange(x, "(b f) c h w -> b c f h w", b=batch)
         b, _, f, h, w = x.shape
         y = rearrange(self.norm(x), "b c f h w -> (b h w) c f")
         y = rearrange(self.proj_in(y), "n c f -> n f c")
         if self.frame_pos is not None:
             y = y + self.frame_pos(frame_positions(f, y.shape[-1], y.device, y.dtype))
+        if self.text_attn is not None and context is not None:
+            # every (pixel, frame) token of a clip attends to that clip's context: one query row per clip
+            q = rearrange(self.text_norm(y), "(b n) f c -> b (n f) c", b=b)
+            clip_context = rearrange(context, "(b f) l c -> b f l c", b=b)[:, 0]
+            y = y + rearrange(self.text_attn(q, clip_context), "b (n f) c -> (b n) f c", f=f)
         bias = self.rel_pos(f) if self.rel_pos is not None else None
         for block in self.transformer_blocks:
             y = block(y, bias=bias)

@@ -65,6 +65,12 @@ class ModelConfig:
     # so it can be switched on for a trained model (`vcomp train --init M --model-json
     # '{"temporal_frame_pos": true}'`) which then starts out computing exactly what it did.
     temporal_frame_pos: bool = False
+    # attention of the temporal transformers' tokens to the text (and style) context, through a
+    # zero-initialised output map (not in the paper's code). Why: a caption's direction word
+    # ("moving left") is a statement about how frames differ, but the published design lets text
+    # reach only the per-frame spatial transformers; here the layer that sees all frames of a pixel
+    # also reads the caption. Addable to a trained model like `temporal_frame_pos`.
+    temporal_text_attention: bool = False
     # text and style context (cross-attention tokens)
     context_dim: int = 1024  # width of text tokens (OpenCLIP ViT-H-14: 1024)
     text_len: int = 77  # tokens of the null-text embedding `zero_y`

@@ -67,9 +67,10 @@ def load_state_dict_strict(
     return model
 
 
-#: modules a trained model may gain when fine-tuned (`ModelConfig.temporal_frame_pos`): they are
-#: zero-initialised, so a model without them computes what one with them does before training
-ADDABLE_MODULES = (".frame_pos.",)
+#: modules a trained model may gain when fine-tuned (`ModelConfig.temporal_frame_pos`,
+#: `temporal_text_attention`): their output maps are zero-initialised, so a model without them
+#: computes what one with them does before training
+ADDABLE_MODULES = (".frame_pos.", ".text_norm.", ".text_attn.")
 
 
 def with_added_modules(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

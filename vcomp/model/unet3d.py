@@ -98,7 +98,9 @@ class UNet3D(nn.Module):
             rel = cfg.temporal_max_distance if cfg.temporal_rel_pos_bias else None
             heads = heads or c // cfg.head_dim
             depth, drop = cfg.temporal_attn_times, cfg.attn_dropout
-            return [TemporalTransformer(c, heads, cfg.head_dim, depth, drop, groups, rel, cfg.temporal_frame_pos)]
+            text_dim = cfg.context_dim if cfg.temporal_text_attention else None
+            return [TemporalTransformer(c, heads, cfg.head_dim, depth, drop, groups, rel, cfg.temporal_frame_pos,
+                                        text_dim)]
 
         # encoder
         widths = [dim * m for m in cfg.dim_mult]
@@ -266,7 +268,7 @@ class UNet3D(nn.Module):
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, ctx)
             elif isinstance(layer, TemporalTransformer):
-                x = layer(x, batch)
+                x = layer(x, batch, ctx)
             else:  # first conv, Downsample, Upsample
                 x = layer(x)
         return x
