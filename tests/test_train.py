@@ -191,6 +191,16 @@ def test_focus_weights_per_latent_cell():
     assert w[0, 0, 0, 0, 0] == 4.0 and w[0, 0, 0, 1, 1] == 2.5 and w[0, 0, 0, 3, 3] == 1.0
 
 
+def test_the_eval_batch_is_the_same_for_every_run_seed(tmp_path):
+    """`eval_mse_ema` of runs with different seeds is measured on the same held-out clips (while the
+    training batches differ), so runs compare."""
+    one = Trainer(micro(tmp_path / "a", stage="2", steps=1, seed=1)).setup()
+    two = Trainer(micro(tmp_path / "b", stage="2", steps=1, seed=2)).setup()
+    assert torch.equal(one.eval_batch(0)["video"], two.eval_batch(0)["video"])
+    first = [collate([t.dataset[r] for r in t.requests(0)])["video"] for t in (one, two)]
+    assert not torch.equal(*first)
+
+
 def test_object_weight_shifts_the_loss_towards_the_objects(tmp_path):
     """The same step with object weighting on gives a different loss (objects weigh more) and
     leaves the unweighted MSE it logs unchanged."""
