@@ -1,12 +1,15 @@
-"""Held-out denoising loss of trained embedded models, measured on the same clips and noise.
+"""Held-out denoising loss of trained embedded models, and how much of it each caption word saves.
 
     python benchmarks/heldout_loss.py vcomp/assets runs/tiny_m/export [--clips 16]
 
 A run's logged `eval_mse_ema` is its EMA model on a fixed held-out batch; this scores any number
-of finished models (`vcomp train --export` folders, or vcomp/assets) on one batch, so a candidate
-release compares with the shipped one before any sampling. Two numbers per model: with text only
-(stage 1: the caption is all the model gets, as in `vcomp t2v`) and with every condition (stage 2).
-The first model is the baseline; the ratio column is each model's loss over the baseline's.
+of finished models (`vcomp train --export` folders, or vcomp/assets) on one batch (same clips,
+timesteps and noise), so a candidate release compares with the shipped one before any sampling:
+- text only (stage 1: the caption is all the model gets, as in `vcomp t2v`) and with every
+  condition (stage 2), as ratios against the first model;
+- caption sensitivity: the text-only loss when every object's direction is reversed, or its colour
+  or shape changed (`synthetic.counterfactual_caption`), or the caption is empty, over the loss with
+  the true caption. 1.000 means the model ignores that attribute; the larger, the more it uses it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import argparse
 import tempfile
 from pathlib import Path
 
+ATTRIBUTES = ("direction", "colour", "shape")
 
-def heldout_losses(model_dir: str, clips: int, threads: int) -> dict[str, float]:
-    """eps-MSE of `model_dir`'s UNet on the trainer's fixed held-out batch (same clips, timesteps
-    and noise for every model), text only and with every condition."""
+
+def heldout_losses(model_dir: str, clips: int, threads: int | None) -> dict[str, float]:
+    """Losses of `model_dir`'s UNet on the trainer's fixed held-out batch: text only, every
+    condition, and text only with each counterfactual caption and with none."""
     from vcomp.train.loop import TrainConfig, Trainer
+    from vcomp.train.synthetic import counterfactual_caption
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(out=str(Path(out) / "run"), init=model_dir, stage="2", steps=1, workers=0,
@@ -27,8 +33,13 @@ def heldout_losses(model_dir: str, clips: int, threads: int) -> dict[str, float]
         trainer = Trainer(cfg).setup()
         try:
             batch = trainer.eval_batch(0, size=clips)
-            return {"text_only": trainer.fixed_loss(trainer.model, batch, 1),
-                    "all_conditions": trainer.fixed_loss(trainer.model, batch, 2)}
+            losses = {"text_only": trainer.fixed_loss(trainer.model, batch, 1),
+                      "all_conditions": trainer.fixed_loss(trainer.model, batch, 2)}
+            for attribute in ATTRIBUTES:
+                changed = [counterfactual_caption(c, attribute) for c in batch["caption"]]
+                losses[attribute] = trainer.fixed_loss(trainer.model, {**batch, "caption": changed}, 1)
+            losses["null"] = trainer.fixed_loss(trainer.model, {**batch, "caption": [""] * len(changed)}, 1)
+            return losses
         finally:
             trainer.close()
 
@@ -42,10 +53,13 @@ def main() -> None:
 
     rows = [(m, heldout_losses(m, args.clips, args.threads)) for m in args.models]
     base = rows[0][1]
-    print(f"{'model':40s} {'text only':>10s} {'ratio':>6s} {'all conds':>10s} {'ratio':>6s}")
+    print(f"{'model':32s} {'text only':>10s} {'ratio':>6s} {'all conds':>10s} {'ratio':>6s}   "
+          "caption sensitivity: " + " ".join(f"{a:>9s}" for a in (*ATTRIBUTES, "null")))
     for name, loss in rows:
-        print(f"{name[-40:]:40s} {loss['text_only']:10.5f} {loss['text_only'] / base['text_only']:6.3f} "
-              f"{loss['all_conditions']:10.5f} {loss['all_conditions'] / base['all_conditions']:6.3f}")
+        text = loss["text_only"]
+        print(f"{name[-32:]:32s} {text:10.5f} {text / base['text_only']:6.3f} {loss['all_conditions']:10.5f} "
+              f"{loss['all_conditions'] / base['all_conditions']:6.3f}   {'':21s}"
+              + " ".join(f"{loss[a] / text:9.3f}" for a in (*ATTRIBUTES, "null")))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from vcomp.train.synthetic import (
     Scene,
     WorldDataset,
     caption,
+    counterfactual_caption,
     is_heldout,
     parse_caption,
     render,
@@ -82,6 +83,27 @@ def test_captions_parse_back_to_the_scene(train_scenes):
                 "a pink circle moving left on a blue background", "hello"):
         with pytest.raises(ValueError):
             parse_caption(bad)
+
+
+def test_counterfactual_captions_change_one_attribute_of_every_object(train_scenes):
+    for scene in train_scenes[:200]:
+        text = caption(scene)
+        true = parse_caption(text)
+        for attribute in ("direction", "colour", "shape"):
+            other = parse_caption(counterfactual_caption(text, attribute))
+            assert other["background"] == true["background"]
+            for o, t in zip(other["objects"], true["objects"], strict=True):
+                for key in ("colour", "shape", "direction", "textured"):
+                    if key != attribute:
+                        assert o[key] == t[key]
+                if attribute == "direction" and t["direction"] in ("in a circle", "still"):
+                    assert o["direction"] == t["direction"]
+                elif attribute == "direction":
+                    np.testing.assert_allclose(DIRECTIONS[o["direction"]], -np.asarray(DIRECTIONS[t["direction"]]))
+                else:
+                    assert o[attribute] != t[attribute]
+    with pytest.raises(ValueError, match="unknown caption attribute"):
+        counterfactual_caption(caption(train_scenes[0]), "size")
 
 
 # -- held-out split ------------------------------------------------------------------------------

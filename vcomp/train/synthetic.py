@@ -244,13 +244,44 @@ class Scene:
 
 def caption(scene: Scene) -> str:
     """The scene's sentence (grammar in the module docstring)."""
-    parts = []
-    for o in scene.objects:
-        words = (["textured"] if o.texture else []) + [o.colour, o.shape]
-        parts.append(f"{_article(words[0])} {' '.join(words)} {_motion_phrase(o.direction)}")
+    objects = [{"colour": o.colour, "shape": o.shape, "textured": bool(o.texture), "direction": o.direction}
+               for o in scene.objects]
     bg = scene.background
-    words = (["textured"] if bg.kind == "textured" else []) + [bg.colour] + (["gradient"] if bg.kind == "gradient" else [])
+    return _caption_text(objects, {"colour": bg.colour, "kind": bg.kind})
+
+
+def _caption_text(objects: list[dict], background: dict) -> str:
+    """The sentence for `parse_caption`'s fields."""
+    parts = []
+    for o in objects:
+        words = (["textured"] if o["textured"] else []) + [o["colour"], o["shape"]]
+        parts.append(f"{_article(words[0])} {' '.join(words)} {_motion_phrase(o['direction'])}")
+    kind = background["kind"]
+    words = (["textured"] if kind == "textured" else []) + [background["colour"]] + (["gradient"] if kind == "gradient" else [])
     return f"{' and '.join(parts)} on {_article(words[0])} {' '.join(words)} background"
+
+
+#: the direction a counterfactual caption names instead: the opposite one
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "up-left": "down-right",
+            "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
+
+
+def counterfactual_caption(text: str, attribute: str) -> str:
+    """`text` with every object's `attribute` ("direction", "colour" or "shape") changed: directions
+    reversed (circles and still objects stay), colours and shapes replaced by the next in COLOURS /
+    SHAPES. Why: the loss of a model given this caption instead of the true one tells whether it
+    reads that attribute (`benchmarks/caption_sensitivity.py`). Raises ValueError like `parse_caption`."""
+    parsed = parse_caption(text)
+    objects = [dict(o) for o in parsed["objects"]]
+    for o in objects:
+        if attribute == "direction":
+            o["direction"] = OPPOSITE.get(o["direction"], o["direction"])
+        elif attribute in ("colour", "shape"):
+            names = COLOURS if attribute == "colour" else SHAPES
+            o[attribute] = names[(names.index(o[attribute]) + 1) % len(names)]
+        else:
+            raise ValueError(f"unknown caption attribute {attribute!r}: use direction, colour or shape")
+    return _caption_text(objects, parsed["background"])
 
 
 _DIR_ALT = "|".join(re.escape(d) for d in sorted(DIRECTIONS, key=len, reverse=True) if d != "still")
