@@ -23,11 +23,13 @@ from vcomp.train.loop import (
     Schedule,
     TrainConfig,
     Trainer,
+    caption_contrast_loss,
     focus_weights,
     parse_curriculum,
     temporal_difference_loss,
     train,
 )
+from vcomp.train.synthetic import counterfactual_caption
 
 # A micro UNet (~0.45 M parameters) on 4 frames of 32 x 32 px: a training step takes ~0.2 s. It denoises
 # the parameter-free pixel-unshuffle latent (48 channels at factor 4), so no autoencoder has to be trained.
@@ -243,6 +245,44 @@ def test_temporal_weight_adds_the_frame_difference_term(tmp_path):
     assert b["loss"] == pytest.approx(a["loss"] + 2.0 * b["temporal_mse"], rel=1e-4)
     with pytest.raises(InputError, match="--temporal-weight"):
         Trainer(micro(tmp_path / "c", stage="1", steps=1, temporal_weight=-1.0)).setup()
+
+
+def test_caption_contrast_loss_is_a_hinge_with_a_relative_margin():
+    true, counter = torch.tensor([1.0, 1.0, 2.0]), torch.tensor([0.9, 1.2, 2.0])
+    assert caption_contrast_loss(true, counter, margin=0.05).tolist() == pytest.approx([0.15, 0.0, 0.1])
+    true.requires_grad_(True)
+    counter.requires_grad_(True)
+    caption_contrast_loss(true, counter).sum().backward()
+    assert true.grad.tolist() == [1.0, 0.0, 1.0] and counter.grad.tolist() == [-1.0, 0.0, -1.0]
+
+
+def test_caption_contrast_adds_a_term_for_text_only_samples_with_a_direction(tmp_path):
+    """In stage 1 every sample is text-only: with --caption-contrast the step denoises each one also
+    given its reversed-direction caption (one forward pass), logs the relative gap, and the loss grows
+    by the hinge; the plain MSE is unchanged. A negative weight is a one-line input error."""
+    plain = Trainer(micro(tmp_path / "a", stage="1", steps=1, min_snr_gamma=None, batch=4)).setup()
+    batch = collate([plain.dataset[r] for r in plain.requests(0)])
+    with_directions = [c for c in batch["caption"] if counterfactual_caption(c, "direction") != c]
+    assert with_directions  # the world's captions mostly name a direction
+    contrast = Trainer(micro(tmp_path / "b", stage="1", steps=1, min_snr_gamma=None, batch=4,
+                             caption_contrast=3.0)).setup()
+    g = torch.Generator().manual_seed(0)
+    _, ids, style, _, drop = contrast._inputs(batch, 1, g, None)
+    rows, counter_ids = contrast._contrast_rows(batch, ids, style, drop)
+    assert len(rows) == len(with_directions) and counter_ids.shape == (len(rows), ids.shape[1])
+    assert not torch.equal(counter_ids, ids[rows])
+    # a sample that keeps a condition or the style is not text-only
+    kept = torch.zeros(len(batch["caption"]))
+    kept[rows[0]] = 1.0
+    assert rows[0] not in contrast._contrast_rows(batch, ids, None, {"motion": kept})[0]
+    assert rows[0] not in contrast._contrast_rows(batch, ids, kept.view(-1, 1, 1), {"motion": 0 * kept})[0]
+    a, b = plain.train_step(0, batch), contrast.train_step(0, batch)
+    assert a["contrast_rows"] == 0 and a["contrast_gap"] is None
+    assert b["contrast_rows"] == len(rows) and abs(b["contrast_gap"]) < 0.5  # an untrained model: no gap
+    assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)
+    assert b["loss"] > a["loss"]  # within the margin, the hinge is positive
+    with pytest.raises(InputError, match="--caption-contrast"):
+        Trainer(micro(tmp_path / "c", stage="1", steps=1, caption_contrast=-1.0)).setup()
 
 
 def test_precision_auto_follows_the_cpu(tmp_path, monkeypatch):

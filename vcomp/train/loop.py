@@ -100,6 +100,7 @@ class TrainConfig:
     min_snr_gamma: float | None = 5.0  # None: plain MSE
     object_weight: float = 0.0  # extra loss weight on the latent cells the objects cover (world data; 0: plain mean)
     temporal_weight: float = 0.0  # weight of the frame-difference term (temporal_difference_loss; 0: off)
+    caption_contrast: float = 0.0  # weight of the reversed-direction caption term (caption_contrast_loss; 0: off)
     frames_curriculum: str = "16"  # "8,16" (even split of the steps) or "8:4000,16" (until step 4000)
     size_curriculum: str | None = None  # e.g. "32,64"; default: the preset's size (64 for tiny)
     seed: int = 0
@@ -246,6 +247,24 @@ def weighted_mean(values: torch.Tensor, cells: torch.Tensor | None) -> torch.Ten
     if cells is None:
         return values.mean(dim=dims)
     return (values * cells).mean(dim=dims) / cells.expand_as(values).mean(dim=dims)
+
+
+#: the loss with a counterfactual caption must exceed the true caption's by this fraction of it
+#: before `caption_contrast_loss` stops pushing them apart
+CONTRAST_MARGIN = 0.05
+
+
+def caption_contrast_loss(true_loss: torch.Tensor, counter_loss: torch.Tensor,
+                          margin: float = CONTRAST_MARGIN) -> torch.Tensor:
+    """Per-sample hinge max(0, true - counter + margin * true) on the losses of the same noisy clips
+    denoised given their captions and given counterfactual ones (every direction reversed).
+
+    Why: the embedded model's loss was the same whichever way its captions said the objects move
+    (benchmarks/heldout_loss.py: ratio 0.999): the plain loss rewards reading a direction word
+    too little to be learnt. This term pays for exactly that until the true caption is `margin`
+    better, and then stops, so it cannot pull the model away from the plain loss's optimum for long.
+    """
+    return torch.relu(true_loss - counter_loss + margin * true_loss.detach())
 
 
 def temporal_difference_loss(err: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
@@ -519,7 +538,8 @@ class Trainer:
                                  cfg.lr_schedule, cfg.min_lr_ratio)
         if cfg.lr_schedule not in ("constant", "cosine"):
             raise InputError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
-        for flag, value in (("--object-weight", cfg.object_weight), ("--temporal-weight", cfg.temporal_weight)):
+        for flag, value in (("--object-weight", cfg.object_weight), ("--temporal-weight", cfg.temporal_weight),
+                            ("--caption-contrast", cfg.caption_contrast)):
             if not value >= 0:
                 raise InputError(f"{flag} must be 0 or more (got {value})")
         self.schedule_record = {"stage2_at": int(stage2_at), "frames": frames, "sizes": sizes}
@@ -589,6 +609,28 @@ class Trainer:
         ids = self.model.text.tokenize(captions)[0].to(dev)
         return latent, ids, style, conditions, drop
 
+    def _contrast_rows(self, batch: dict, ids: torch.Tensor, style, drop) -> tuple[list[int], torch.Tensor | None]:
+        """The samples this step sees with their caption alone (text kept; every condition and the
+        style dropped, or stage 1) whose caption names a direction, and the token ids of those
+        captions with every direction reversed (`caption_contrast_loss`)."""
+        from vcomp.train.synthetic import counterfactual_caption
+
+        text_kept = (ids != 0).sum(dim=1) > 2  # more than <bos> <eos>
+        rows, captions = [], []
+        for i, text in enumerate(batch["caption"]):
+            conditioned = (drop is not None and any(float(v[i]) > 0 for v in drop.values())) or \
+                (style is not None and bool(style[i].abs().sum() > 0))
+            if not text_kept[i] or conditioned:
+                continue
+            try:
+                other = counterfactual_caption(text, "direction")
+            except ValueError:  # not a world caption (folder data)
+                continue
+            if other != text:
+                rows.append(i)
+                captions.append(other)
+        return rows, (self.model.text.tokenize(captions)[0].to(ids.device) if rows else None)
+
     def _autocast(self):
         import contextlib
 
@@ -607,8 +649,18 @@ class Trainer:
         x_t = self.scheduler.add_noise(latent, noise, t.to(dev))
         self.ddp.train()
         kind = self.model_cfg.prediction
+        rows, counter_ids = self._contrast_rows(batch, ids, style, drop) if cfg.caption_contrast else ([], None)
+        x_in, t_in, ids_in, style_in, cond_in, drop_in = x_t, t, ids, style, conditions, drop
+        if rows:  # the counterfactual captions ride in the same forward pass (one DDP call per step)
+            sel = torch.tensor(rows, device=dev)
+            more = lambda v: torch.cat([v, v[sel.to(v.device)]])  # noqa: E731
+            x_in, t_in, ids_in = more(x_t), more(t), torch.cat([ids, counter_ids])
+            style_in = more(style) if style is not None else None
+            cond_in = {k: more(v) for k, v in conditions.items()}
+            drop_in = {k: more(v) for k, v in drop.items()} if drop is not None else None
         with self._autocast():
-            pred = self.ddp(x_t, t.to(dev), ids, style, conditions or None, drop)
+            pred = self.ddp(x_in, t_in.to(dev), ids_in, style_in, cond_in or None, drop_in)
+        pred, counter_pred = pred[:b], pred[b:]
         goal = target(latent, noise, t, kind, self.alphas_cumprod)
         signed = pred.float() - goal
         err = signed.pow(2)
@@ -618,12 +670,18 @@ class Trainer:
         if cfg.object_weight and batch.get("focus") is not None:
             cells = focus_weights(batch["focus"].to(dev), latent.shape, cfg.object_weight)
             weighted = weighted_mean(err, cells)
+        plain = weighted
         temporal = None
         if cfg.temporal_weight:
             temporal = temporal_difference_loss(signed, cells)
             weighted = weighted + cfg.temporal_weight * temporal
         weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma, kind).to(dev)
         loss = (weighted * weights).mean()
+        gap = None
+        if rows:
+            counter = weighted_mean((counter_pred.float() - goal[sel]).pow(2), cells[sel] if cells is not None else None)
+            loss = loss + cfg.caption_contrast * (caption_contrast_loss(plain[sel], counter) * weights[sel]).sum() / b
+            gap = float(((counter - plain[sel]) / plain[sel].clamp_min(1e-12)).detach().mean())
 
         lr = self.schedule.lr_at(step)
         for group in self.optimizer.param_groups:
@@ -635,6 +693,7 @@ class Trainer:
         ema_update(self.ema_model, self.model, min(cfg.ema, (1 + step) / (10 + step)))
         return {"loss": float(loss.detach()), "mse": float(per_sample.detach().mean()),
                 "temporal_mse": None if temporal is None else float(temporal.detach().mean()),
+                "contrast_gap": gap, "contrast_rows": len(rows),
                 "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr, "stage": stage,
                 "frames": latent.shape[2], "size": int(batch["video"].shape[-1])}
 
@@ -828,6 +887,8 @@ class Trainer:
                     entry = {"step": step, "stage": out["stage"], "loss": round(loss, 6),
                              "loss_ema": round(self.loss_ema, 6), "mse": round(out["mse"], 6),
                              "temporal_mse": out["temporal_mse"] and round(out["temporal_mse"], 6),
+                             **({"contrast_gap": out["contrast_gap"] and round(out["contrast_gap"], 4)}
+                                if cfg.caption_contrast else {}),
                              "grad_norm": out["grad_norm"] and round(out["grad_norm"], 4), "lr": out["lr"],
                              "frames": out["frames"], "size": out["size"],
                              "s_per_step": round((now - window_t) / max(1, window_n), 4),
