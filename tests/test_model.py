@@ -192,19 +192,21 @@ def test_single_frame_conditions_at_the_first_frame_only(tiny):
         dataclasses.replace(tiny.cfg, single_frame_at="last")
 
 
-def test_frame_positions_start_as_a_no_op_and_then_tell_frames_apart(tiny):
-    """`temporal_frame_pos` adds zero-initialised modules: switched on for a trained model (loaded
-    with `with_added_modules`) it computes exactly what the model did; once trained (here:
-    perturbed) it changes the output, frame by frame differently."""
+@pytest.mark.parametrize("flag, key", [("temporal_frame_pos", ".frame_pos."),
+                                       ("frame_index_embedding", "frame_embed.")])
+def test_frame_positions_start_as_a_no_op_and_then_tell_frames_apart(tiny, flag, key):
+    """`temporal_frame_pos` and `frame_index_embedding` add zero-initialised modules: switched on for
+    a trained model (loaded with `with_added_modules`) they compute exactly what the model did; once
+    trained (here: perturbed) they change the output, frame by frame differently."""
     from vcomp.model.loading import with_added_modules
 
-    cfg = dataclasses.replace(tiny.cfg, temporal_frame_pos=True)
+    cfg = dataclasses.replace(tiny.cfg, **{flag: True})
     grown = create_model(cfg).eval()
     with pytest.raises(WeightsError):
         load_state_dict_strict(grown, tiny.state_dict())  # the new keys are missing
     load_state_dict_strict(grown, with_added_modules(grown, tiny.state_dict()))
     added = [k for k in grown.state_dict() if k not in tiny.state_dict()]
-    assert added and all(".frame_pos." in k for k in added)
+    assert added and all(key in k for k in added)
 
     x, t, context, style, _ = make_inputs(tiny.cfg)
     with torch.inference_mode():
@@ -212,7 +214,7 @@ def test_frame_positions_start_as_a_no_op_and_then_tell_frames_apart(tiny):
     assert torch.equal(before, same)
     with torch.no_grad():
         for name, p in grown.named_parameters():
-            if ".frame_pos." in name:
+            if key in name:
                 p.add_(0.05 * torch.randn_like(p))
         change = grown(x, t, context, style, {}) - before
     per_frame = change.abs().mean((0, 1, 3, 4))

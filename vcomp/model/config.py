@@ -71,6 +71,12 @@ class ModelConfig:
     # reach only the per-frame spatial transformers; here the layer that sees all frames of a pixel
     # also reads the caption. Addable to a trained model like `temporal_frame_pos`.
     temporal_text_attention: bool = False
+    # the frame's index (sinusoidal, through an MLP whose last layer is zero-initialised) added to
+    # the timestep embedding of that frame, so every ResBlock knows which frame it is drawing (not
+    # in the paper's code). Why: to draw an object where "moving left" puts it in frame t, the
+    # per-frame layers that read the caption need t; the temporal layers alone did not teach the
+    # embedded model direction words. Addable to a trained model like `temporal_frame_pos`.
+    frame_index_embedding: bool = False
     # text and style context (cross-attention tokens)
     context_dim: int = 1024  # width of text tokens (OpenCLIP ViT-H-14: 1024)
     text_len: int = 77  # tokens of the null-text embedding `zero_y`

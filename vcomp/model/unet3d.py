@@ -26,6 +26,7 @@ from vcomp.model.blocks import (
     SpatialTransformer,
     TemporalTransformer,
     Upsample,
+    frame_positions,
     timestep_embedding,
     zero_module,
 )
@@ -139,6 +140,10 @@ class UNet3D(nn.Module):
             nn.SiLU(),
             zero_module(nn.Conv2d(dim, cfg.out_dim, 3, padding=1)),
         )
+        # per-frame embedding of the frame index, added to the timestep embedding (ModelConfig)
+        self.frame_embed = nn.Sequential(
+            nn.Linear(dim, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, emb_dim))
+        ) if cfg.frame_index_embedding else None
         # The null-text tokens used when `context` is None. The published model stores the
         # text encoder's embedding of "" here (not zeros); set it with `set_null_text`.
         # Not part of the state_dict, like the published plain attribute.
@@ -240,6 +245,9 @@ class UNet3D(nn.Module):
         emb = self.time_embed(timestep_embedding(t, self.cfg.dim).to(dtype))
         ctx = self._context(context, style, b, drop)
         emb = repeat(emb, "b c -> (b f) c", f=f)
+        if self.frame_embed is not None:
+            index = self.frame_embed(frame_positions(f, self.cfg.dim, emb.device, dtype))
+            emb = emb + repeat(index, "f c -> (b f) c", b=b)
         ctx = repeat(ctx, "b l c -> (b f) l c", f=f)
 
         x = rearrange(x, "b c f h w -> (b f) c h w")
