@@ -271,10 +271,11 @@ def test_caption_contrast_adds_a_term_for_text_only_samples_with_a_direction(tmp
     rows, counter_ids = contrast._contrast_rows(batch, ids, style, drop)
     assert len(rows) == len(with_directions) and counter_ids.shape == (len(rows), ids.shape[1])
     assert not torch.equal(counter_ids, ids[rows])
-    # a sample that keeps a condition or the style is not text-only
+    # a sample that keeps a moving condition or the style is left out; the first image is kept in
     kept = torch.zeros(len(batch["caption"]))
     kept[rows[0]] = 1.0
     assert rows[0] not in contrast._contrast_rows(batch, ids, None, {"motion": kept})[0]
+    assert rows[0] in contrast._contrast_rows(batch, ids, None, {"local_image": kept, "motion": 0 * kept})[0]
     assert rows[0] not in contrast._contrast_rows(batch, ids, kept.view(-1, 1, 1), {"motion": 0 * kept})[0]
     a, b = plain.train_step(0, batch), contrast.train_step(0, batch)
     assert a["contrast_rows"] == 0 and a["contrast_gap"] is None

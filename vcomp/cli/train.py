@@ -55,7 +55,7 @@ def train(
     min_snr: float = typer.Option(None, "--min-snr", help="min-SNR-gamma loss weighting; 0 = plain MSE. Default: 5."),
     object_weight: float = typer.Option(None, "--object-weight", help="Extra loss weight on the latent cells the world's objects cover (loss weight 1 + this x coverage); 0 = plain mean. Default: 0."),
     temporal_weight: float = typer.Option(None, "--temporal-weight", help="Weight of a frame-difference loss term (the square of the prediction error's change between consecutive frames: weighs wrong motion and flicker, which the plain loss dilutes); 0 = off. Default: 0."),
-    caption_contrast: float = typer.Option(None, "--caption-contrast", help="Weight of a caption-contrast term: samples seen with their caption alone are also denoised given the caption with every direction reversed, and the loss pays until the true caption is 5% better (teaches direction words, which the plain loss barely rewards); 0 = off. Default: 0."),
+    caption_contrast: float = typer.Option(None, "--caption-contrast", help="Weight of a caption-contrast term: samples with no moving condition (their caption, perhaps the first image) are also denoised given the caption with every direction reversed, and the loss pays until the true caption is 5% better (teaches direction words, which the plain loss barely rewards); 0 = off. Default: 0."),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip; 0 = off. Default: 1."),
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. Default: 0.01."),
     frames_curriculum: str = typer.Option(None, "--frames-curriculum", help="Frames per clip over training: '8,16' (even split) or '8:3000,16'. Default: 16."),

@@ -249,6 +249,11 @@ def weighted_mean(values: torch.Tensor, cells: torch.Tensor | None) -> torch.Ten
     return (values * cells).mean(dim=dims) / cells.expand_as(values).mean(dim=dims)
 
 
+#: conditions that show one frame, so say nothing about which way objects move: a sample with one
+#: of them and its caption still learns direction words from the caption (and learns more: given
+#: the first frame, the direction word says where the object is in every later one)
+STILL_CONDITIONS = ("local_image", "single_sketch")
+
 #: the loss with a counterfactual caption must exceed the true caption's by this fraction of it
 #: before `caption_contrast_loss` stops pushing them apart
 CONTRAST_MARGIN = 0.05
@@ -610,16 +615,17 @@ class Trainer:
         return latent, ids, style, conditions, drop
 
     def _contrast_rows(self, batch: dict, ids: torch.Tensor, style, drop) -> tuple[list[int], torch.Tensor | None]:
-        """The samples this step sees with their caption alone (text kept; every condition and the
-        style dropped, or stage 1) whose caption names a direction, and the token ids of those
-        captions with every direction reversed (`caption_contrast_loss`)."""
+        """The samples this step sees with no other word on how things move than their caption (text
+        kept; the style and every condition but STILL_CONDITIONS dropped, or stage 1) whose caption
+        names a direction, and the token ids of those captions with every direction reversed
+        (`caption_contrast_loss`)."""
         from vcomp.train.synthetic import counterfactual_caption
 
         text_kept = (ids != 0).sum(dim=1) > 2  # more than <bos> <eos>
         rows, captions = [], []
         for i, text in enumerate(batch["caption"]):
-            conditioned = (drop is not None and any(float(v[i]) > 0 for v in drop.values())) or \
-                (style is not None and bool(style[i].abs().sum() > 0))
+            moving = drop is not None and any(float(v[i]) > 0 for k, v in drop.items() if k not in STILL_CONDITIONS)
+            conditioned = moving or (style is not None and bool(style[i].abs().sum() > 0))
             if not text_kept[i] or conditioned:
                 continue
             try:
