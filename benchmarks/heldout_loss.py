@@ -38,7 +38,7 @@ def heldout_losses(model_dir: str, clips: int, threads: int | None) -> dict[str,
             for attribute in ATTRIBUTES:
                 changed = [counterfactual_caption(c, attribute) for c in batch["caption"]]
                 losses[attribute] = trainer.fixed_loss(trainer.model, {**batch, "caption": changed}, 1)
-            losses["null"] = trainer.fixed_loss(trainer.model, {**batch, "caption": [""] * len(changed)}, 1)
+            losses["null"] = trainer.fixed_loss(trainer.model, {**batch, "caption": [""] * len(batch["caption"])}, 1)
             return losses
         finally:
             trainer.close()

@@ -619,9 +619,10 @@ class Trainer:
         kept; the style and every condition but STILL_CONDITIONS dropped, or stage 1) whose caption
         names a direction, and the token ids of those captions with every direction reversed
         (`caption_contrast_loss`)."""
+        from vcomp.model.embedders import PAD
         from vcomp.train.synthetic import counterfactual_caption
 
-        text_kept = (ids != 0).sum(dim=1) > 2  # more than <bos> <eos>
+        text_kept = (ids != self.model.text.index[PAD]).sum(dim=1) > 2  # more than <bos> <eos>
         rows, captions = [], []
         for i, text in enumerate(batch["caption"]):
             moving = drop is not None and any(float(v[i]) > 0 for k, v in drop.items() if k not in STILL_CONDITIONS)

@@ -261,16 +261,16 @@ def _caption_text(objects: list[dict], background: dict) -> str:
     return f"{' and '.join(parts)} on {_article(words[0])} {' '.join(words)} background"
 
 
-#: the direction a counterfactual caption names instead: the opposite one
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "up-left": "down-right",
-            "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
+#: the direction a counterfactual caption names instead: the one with the negated vector
+OPPOSITE = {d: e for d, u in DIRECTIONS.items() if u and any(u)
+            for e, v in DIRECTIONS.items() if v == (-u[0], -u[1])}
 
 
 def counterfactual_caption(text: str, attribute: str) -> str:
     """`text` with every object's `attribute` ("direction", "colour" or "shape") changed: directions
     reversed (circles and still objects stay), colours and shapes replaced by the next in COLOURS /
     SHAPES. Why: the loss of a model given this caption instead of the true one tells whether it
-    reads that attribute (`benchmarks/caption_sensitivity.py`). Raises ValueError like `parse_caption`."""
+    reads that attribute (`benchmarks/heldout_loss.py`). Raises ValueError like `parse_caption`."""
     parsed = parse_caption(text)
     objects = [dict(o) for o in parsed["objects"]]
     for o in objects:
