@@ -10,6 +10,10 @@ timesteps and noise), so a candidate release compares with the shipped one befor
 - caption sensitivity: the text-only loss when every object's direction is reversed, or its colour
   or shape changed (`synthetic.counterfactual_caption`), or the caption is empty, over the loss with
   the true caption. 1.000 means the model ignores that attribute; the larger, the more it uses it.
+
+`--timesteps 900 700 500 300 100` adds, per timestep (every clip noised to it), the text-only x0
+error with the direction reversed over that with the true caption. The eps loss above hardly sees
+high noise, where a clip's layout (and so its direction of motion) is decided; x0 errors do.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 ATTRIBUTES = ("direction", "colour", "shape")
 
 
-def heldout_losses(model_dir: str, clips: int, threads: int | None) -> dict[str, float]:
+def heldout_losses(model_dir: str, clips: int, threads: int | None, timesteps=()) -> dict[str, float]:
     """Losses of `model_dir`'s UNet on the trainer's fixed held-out batch: text only, every
     condition, and text only with each counterfactual caption and with none."""
     from vcomp.train.loop import TrainConfig, Trainer
@@ -39,6 +43,11 @@ def heldout_losses(model_dir: str, clips: int, threads: int | None) -> dict[str,
                 changed = [counterfactual_caption(c, attribute) for c in batch["caption"]]
                 losses[attribute] = trainer.fixed_loss(trainer.model, {**batch, "caption": changed}, 1)
             losses["null"] = trainer.fixed_loss(trainer.model, {**batch, "caption": [""] * len(batch["caption"])}, 1)
+            reversed_ = [counterfactual_caption(c, "direction") for c in batch["caption"]]
+            for t in timesteps:
+                true = trainer.fixed_loss(trainer.model, batch, 1, timestep=t, space="x0")
+                losses[f"t{t}"] = trainer.fixed_loss(trainer.model, {**batch, "caption": reversed_}, 1,
+                                                     timestep=t, space="x0") / true
             return losses
         finally:
             trainer.close()
@@ -49,9 +58,11 @@ def main() -> None:
     ap.add_argument("models", nargs="+", help="embedded model folders; the first is the baseline")
     ap.add_argument("--clips", type=int, default=16, help="held-out clips in the batch")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--timesteps", type=int, nargs="*", default=(),
+                    help="also the x0-space direction sensitivity with every clip at each of these timesteps")
     args = ap.parse_args()
 
-    rows = [(m, heldout_losses(m, args.clips, args.threads)) for m in args.models]
+    rows = [(m, heldout_losses(m, args.clips, args.threads, args.timesteps)) for m in args.models]
     base = rows[0][1]
     print(f"{'model':32s} {'text only':>10s} {'ratio':>6s} {'all conds':>10s} {'ratio':>6s}   "
           "caption sensitivity: " + " ".join(f"{a:>9s}" for a in (*ATTRIBUTES, "null")))
@@ -60,6 +71,10 @@ def main() -> None:
         print(f"{name[-32:]:32s} {text:10.5f} {text / base['text_only']:6.3f} {loss['all_conditions']:10.5f} "
               f"{loss['all_conditions'] / base['all_conditions']:6.3f}   {'':21s}"
               + " ".join(f"{loss[a] / text:9.3f}" for a in (*ATTRIBUTES, "null")))
+    if args.timesteps:
+        print(f"\n{'direction sensitivity (x0)':32s} " + " ".join(f"{'t=' + str(t):>7s}" for t in args.timesteps))
+        for name, loss in rows:
+            print(f"{name[-32:]:32s} " + " ".join(f"{loss[f't{t}']:7.3f}" for t in args.timesteps))
 
 
 if __name__ == "__main__":

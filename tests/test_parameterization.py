@@ -55,6 +55,21 @@ def test_min_snr_weights_weigh_the_x0_error_alike():
     assert torch.equal(min_snr_weights(ab, t, None, "v"), torch.ones(4))
 
 
+def test_snr_floor_raises_only_the_noisiest_steps():
+    """clamp(SNR, floor, gamma) as the x0 weight: t = 900 (SNR 0.014) goes up to 1, t <= 400 keeps min-SNR."""
+    t = torch.tensor([1, 100, 400, 900])
+    ab = default_alphas_cumprod().float()
+    snr = ab[t] / (1 - ab[t])
+    plain, floored = min_snr_weights(ab, t, 5.0, "v"), min_snr_weights(ab, t, 5.0, "v", floor=0.5)
+    assert torch.equal(plain[:3], floored[:3])  # SNR >= 0.5 there
+    assert floored[3] * (snr[3] + 1) == pytest.approx(0.5, rel=1e-4)
+    assert floored[3] > 30 * plain[3]
+    with pytest.raises(ValueError, match="floor"):
+        min_snr_weights(ab, t, None, "v", floor=1.0)
+    with pytest.raises(ValueError, match="floor"):
+        min_snr_weights(ab, t, 5.0, "v", floor=6.0)
+
+
 class OracleV(torch.nn.Module):
     """Predicts the exact v of a known clean latent: a perfect v model for that latent."""
 

@@ -286,6 +286,33 @@ def test_caption_contrast_adds_a_term_for_text_only_samples_with_a_direction(tmp
         Trainer(micro(tmp_path / "c", stage="1", steps=1, caption_contrast=-1.0)).setup()
 
 
+def test_snr_floor_weighs_the_noisiest_steps_and_is_checked(tmp_path):
+    """--snr-floor changes the loss only through the weights of high-noise samples; bad values are
+    one-line input errors."""
+    plain = Trainer(micro(tmp_path / "a", stage="1", steps=1, batch=4)).setup()
+    floored = Trainer(micro(tmp_path / "b", stage="1", steps=1, batch=4, snr_floor=1.0)).setup()
+    batch = collate([plain.dataset[r] for r in plain.requests(0)])
+    a, b = plain.train_step(0, batch), floored.train_step(0, batch)
+    assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)  # same data, noise and timesteps
+    assert b["loss"] >= a["loss"]  # the floor only ever raises a weight
+    for bad in ({"snr_floor": 6.0}, {"snr_floor": 1.0, "min_snr_gamma": None}):
+        with pytest.raises(InputError, match="--snr-floor"):
+            Trainer(micro(tmp_path / "c", stage="1", steps=1, **bad)).setup()
+
+
+def test_fixed_loss_in_x0_space_at_one_timestep(tmp_path):
+    """x0 error = eps error x (1 - ab) / ab: at t = 900 far larger than the eps error, at t = 50 smaller."""
+    trainer = Trainer(micro(tmp_path / "run", stage="1", steps=1, batch=2)).setup()
+    fixed = collate([trainer.dataset[r] for r in trainer.requests(0)])
+    ab = trainer.alphas_cumprod
+    for t in (50, 900):
+        eps = trainer.fixed_loss(trainer.model, fixed, 1, timestep=t)
+        x0 = trainer.fixed_loss(trainer.model, fixed, 1, timestep=t, space="x0")
+        assert x0 == pytest.approx(eps * float((1 - ab[t]) / ab[t]), rel=1e-4)
+    with pytest.raises(ValueError, match="space"):
+        trainer.fixed_loss(trainer.model, fixed, 1, space="v")
+
+
 def test_precision_auto_follows_the_cpu(tmp_path, monkeypatch):
     """auto = bf16 autocast on a CPU with native bf16, fp32 on one without; an explicit choice wins."""
     import vcomp.train.cpu as host

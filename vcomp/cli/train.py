@@ -38,6 +38,7 @@ _FIELDS = {
     "init": "init", "autoencoder": "autoencoder", "export": "export", "world_clips": "world_clips", "cache": "cache", "stride": "stride",
     "text_len": "text_len", "user_path_prob": "user_path_prob", "object_weight": "object_weight",
     "temporal_weight": "temporal_weight", "caption_contrast": "caption_contrast",
+    "snr_floor": "snr_floor",
 }
 
 
@@ -53,6 +54,7 @@ def train(
     warmup: int = typer.Option(None, "--warmup", help="Linear warm-up steps. Default: 200."),
     ema: float = typer.Option(None, "--ema", help="EMA decay of the weights (the exported model). Default: 0.999."),
     min_snr: float = typer.Option(None, "--min-snr", help="min-SNR-gamma loss weighting; 0 = plain MSE. Default: 5."),
+    snr_floor: float = typer.Option(None, "--snr-floor", help="Lowest x0-error weight of the min-SNR weighting (clamp(SNR, floor, gamma)): raises the noisiest steps, where a clip's layout and direction of motion are decided and plain min-SNR gives weight ~0.01; 0 = off. Default: 0."),
     object_weight: float = typer.Option(None, "--object-weight", help="Extra loss weight on the latent cells the world's objects cover (loss weight 1 + this x coverage); 0 = plain mean. Default: 0."),
     temporal_weight: float = typer.Option(None, "--temporal-weight", help="Weight of a frame-difference loss term (the square of the prediction error's change between consecutive frames: weighs wrong motion and flicker, which the plain loss dilutes); 0 = off. Default: 0."),
     caption_contrast: float = typer.Option(None, "--caption-contrast", help="Weight of a caption-contrast term: samples with no moving condition (their caption, perhaps the first image) are also denoised given the caption with every direction reversed, and the loss pays until the true caption is 5% better (teaches direction words, which the plain loss barely rewards); 0 = off. Default: 0."),

@@ -65,12 +65,20 @@ def target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, kind: str,
 
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None,
-                    kind: str = "eps") -> torch.Tensor:
+                    kind: str = "eps", floor: float = 0.0) -> torch.Tensor:
     """Per-sample loss weights of min-SNR-gamma (Hang et al. 2023): min(SNR, gamma) / SNR for an
     eps model, min(SNR, gamma) / (SNR + 1) for a v model (the same weighting of the x0 error);
-    ones without gamma."""
+    ones without gamma.
+
+    `floor` raises the x0 weight of the noisiest steps to at least this (clamp(SNR, floor, gamma)).
+    Plain min-SNR weighs the x0 error at t = 900 by 0.014: the steps that decide a clip's layout,
+    and so where its objects go from frame to frame, are then hardly trained at all."""
     if gamma is None:
+        if floor:
+            raise ValueError("an SNR floor needs min-SNR weighting (a gamma)")
         return torch.ones(t.shape, dtype=torch.float32)
+    if not 0 <= floor <= gamma:
+        raise ValueError(f"the SNR floor must be between 0 and gamma={gamma} (got {floor})")
     ab = alphas_cumprod[t.cpu()].float()
     snr = ab / (1 - ab)
-    return torch.clamp(snr, max=gamma) / (snr + 1 if kind == "v" else snr)
+    return torch.clamp(snr, min=floor, max=gamma) / (snr + 1 if kind == "v" else snr)

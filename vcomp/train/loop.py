@@ -98,6 +98,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.999  # EMA decay (warmed up as min(ema, (1 + s) / (10 + s)))
     min_snr_gamma: float | None = 5.0  # None: plain MSE
+    snr_floor: float = 0.0  # lowest x0 weight of min-SNR weighting (raises the noisiest steps; 0: plain min-SNR)
     object_weight: float = 0.0  # extra loss weight on the latent cells the objects cover (world data; 0: plain mean)
     temporal_weight: float = 0.0  # weight of the frame-difference term (temporal_difference_loss; 0: off)
     caption_contrast: float = 0.0  # weight of the reversed-direction caption term (caption_contrast_loss; 0: off)
@@ -547,6 +548,9 @@ class Trainer:
                             ("--caption-contrast", cfg.caption_contrast)):
             if not value >= 0:
                 raise InputError(f"{flag} must be 0 or more (got {value})")
+        if cfg.snr_floor and (cfg.min_snr_gamma is None or not 0 < cfg.snr_floor <= cfg.min_snr_gamma):
+            raise InputError(f"--snr-floor must be between 0 and the min-SNR gamma ({cfg.min_snr_gamma}), "
+                             f"got {cfg.snr_floor}; it needs --min-snr above 0")
         self.schedule_record = {"stage2_at": int(stage2_at), "frames": frames, "sizes": sizes}
         self.dropout = DropoutConfig(**cfg.dropout)
         self.start_step = ckpt.step if ckpt is not None else 0
@@ -682,7 +686,7 @@ class Trainer:
         if cfg.temporal_weight:
             temporal = temporal_difference_loss(signed, cells)
             weighted = weighted + cfg.temporal_weight * temporal
-        weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma, kind).to(dev)
+        weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma, kind, cfg.snr_floor).to(dev)
         loss = (weighted * weights).mean()
         gap = None
         if rows:
@@ -705,14 +709,19 @@ class Trainer:
                 "frames": latent.shape[2], "size": int(batch["video"].shape[-1])}
 
     @torch.no_grad()
-    def fixed_loss(self, model: nn.Module, batch: dict, stage: int, seed: int = 1234) -> float:
+    def fixed_loss(self, model: nn.Module, batch: dict, stage: int, seed: int = 1234,
+                   timestep: int | None = None, space: str = "eps") -> float:
         """Plain eps MSE of `model` on `batch` at fixed, evenly spread timesteps and fixed noise,
-        every condition given, no dropout (a low-variance number to compare checkpoints with)."""
+        every condition given, no dropout (a low-variance number to compare checkpoints with).
+        `timestep`: every sample at this one timestep instead. `space="x0"`: the MSE of the implied
+        x0 instead, which does not shrink at high noise the way eps errors do (where the layout
+        of a clip, and so the direction of its motion, is decided)."""
         g = torch.Generator().manual_seed(seed)
         latent, ids, style, conditions, _ = self._inputs(batch, stage, g, None)
         b = latent.shape[0]
         n = self.scheduler.config.num_train_timesteps
-        t = ((torch.arange(b) + 0.5) * n / b).long().clamp(0, n - 1)
+        t = ((torch.arange(b) + 0.5) * n / b).long().clamp(0, n - 1) if timestep is None \
+            else torch.full((b,), int(timestep), dtype=torch.long)
         noise = draw_noise(latent.shape, g, self.model_cfg.noise_shared).to(self.device)
         x_t = self.scheduler.add_noise(latent, noise, t.to(self.device))
         was = model.training
@@ -721,7 +730,13 @@ class Trainer:
             pred = model(x_t, t.to(self.device), ids, style, conditions or None, None)
         model.train(was)
         eps = to_eps(pred.float(), x_t, t, self.model_cfg.prediction, self.alphas_cumprod)
-        return float((eps - noise).pow(2).mean())
+        err = (eps - noise).pow(2)
+        if space == "x0":  # x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab): its error is eps's times sqrt(1/SNR)
+            ab = self.alphas_cumprod[t.cpu()].float().to(err.device).view(-1, *(1,) * (err.ndim - 1))
+            err = err * (1 - ab) / ab
+        elif space != "eps":
+            raise ValueError(f"space must be 'eps' or 'x0', got {space!r}")
+        return float(err.mean())
 
     def eval_batch(self, step: int, size: int = 8) -> dict:
         """A fixed batch for `fixed_loss`: held-out world clips (or the folder's first clips) at the
