@@ -193,7 +193,8 @@ def test_single_frame_conditions_at_the_first_frame_only(tiny):
 
 
 @pytest.mark.parametrize("flag, key", [("temporal_frame_pos", ".frame_pos."),
-                                       ("frame_index_embedding", "frame_embed.")])
+                                       ("frame_index_embedding", "frame_embed."),
+                                       ("text_coordinates", "text_coords.")])
 def test_frame_positions_start_as_a_no_op_and_then_tell_frames_apart(tiny, flag, key):
     """`temporal_frame_pos` and `frame_index_embedding` add zero-initialised modules: switched on for
     a trained model (loaded with `with_added_modules`) they compute exactly what the model did; once
@@ -219,6 +220,32 @@ def test_frame_positions_start_as_a_no_op_and_then_tell_frames_apart(tiny, flag,
         change = grown(x, t, context, style, {}) - before
     per_frame = change.abs().mean((0, 1, 3, 4))
     assert per_frame.min() > 1e-3 and not torch.allclose(change[:, :, 0], change[:, :, 1], atol=1e-4)
+
+
+def test_text_coordinates_learn_a_direction_at_first_order():
+    """The caption x coordinates product is formed before the only zero-initialised map, so that
+    map gets a gradient at once (no saddle), and one gradient step already makes two captions move
+    a drawn blob opposite ways: the f*x feature's sign follows the caption."""
+    from vcomp.model.blocks import COORDINATE_BASIS, TextCoordinates, clip_coordinates
+
+    torch.manual_seed(0)
+    frames, size = 8, 6
+    module = TextCoordinates(context_dim=32, channels=4)
+    left, right = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        assert float(module(left, frames, size, size).abs().max()) == 0.0  # a no-op when added
+    fx = clip_coordinates(frames, size, size)[COORDINATE_BASIS.index("f*x")]  # [F, H, W]
+    # "left": the blob right of centre early and left late (-f*x); "right": the opposite
+    goal = torch.stack([-fx, fx])[:, :, None].expand(-1, -1, 4, -1, -1).reshape(2 * frames, 4, size, size)
+    loss = (module(torch.cat([left, right]), frames, size, size) - goal).pow(2).mean()
+    loss.backward()
+    assert float(module.weight.grad.abs().max()) > 0  # first order: the output map learns at once
+    assert float(module.text.weight.grad.abs().max()) == 0.0  # (the caption map waits for it)
+    with torch.no_grad():
+        module.weight -= 10.0 * module.weight.grad
+        out = module(torch.cat([left, right]), frames, size, size).view(2, frames, 4, size, size)
+    slope = (out * fx[None, :, None]).sum((1, 2, 3, 4))  # projection on f*x
+    assert float(slope[0]) < 0 < float(slope[1])
 
 
 def test_temporal_text_attention_starts_as_a_no_op_and_then_reads_the_caption(tiny):

@@ -407,7 +407,8 @@ def test_a_fine_tune_keeps_the_init_models_sampling_defaults_through_resume_and_
 
 @pytest.mark.parametrize("flag, key", [("temporal_frame_pos", ".frame_pos."),
                                        ("temporal_text_attention", ".text_attn.to_out"),
-                                       ("frame_index_embedding", "frame_embed.2.")])
+                                       ("frame_index_embedding", "frame_embed.2."),
+                                       ("text_coordinates", "text_coords.weight")])
 def test_a_fine_tune_can_switch_on_an_addable_module(tmp_path, flag, key):
     """`--model-json '{"temporal_frame_pos": true}'` (or `temporal_text_attention`) on an --init model
     trained without it: the run starts from that model's weights plus the zero-initialised new maps,

@@ -77,6 +77,13 @@ class ModelConfig:
     # per-frame layers that read the caption need t; the temporal layers alone did not teach the
     # embedded model direction words. Addable to a trained model like `temporal_frame_pos`.
     frame_index_embedding: bool = False
+    # caption features times the clip's coordinates (frame x cell: f*x, f*y, f, x, y) added to the
+    # first feature map (`blocks.TextCoordinates`, not in the paper's code). Why: drawing "moving
+    # left" takes the product caption x frame x position; made of zero-initialised factors that
+    # product is a saddle no embedded-model run escaped (direction sensitivity 1.000 after
+    # `frame_index_embedding` and `--snr-floor`); formed up front, its gradient is first-order.
+    # Addable to a trained model like `temporal_frame_pos`.
+    text_coordinates: bool = False
     # text and style context (cross-attention tokens)
     context_dim: int = 1024  # width of text tokens (OpenCLIP ViT-H-14: 1024)
     text_len: int = 77  # tokens of the null-text embedding `zero_y`

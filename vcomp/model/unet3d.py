@@ -25,6 +25,7 @@ from vcomp.model.blocks import (
     ResBlock,
     SpatialTransformer,
     TemporalTransformer,
+    TextCoordinates,
     Upsample,
     frame_positions,
     timestep_embedding,
@@ -144,6 +145,8 @@ class UNet3D(nn.Module):
         self.frame_embed = nn.Sequential(
             nn.Linear(dim, emb_dim), nn.SiLU(), zero_module(nn.Linear(emb_dim, emb_dim))
         ) if cfg.frame_index_embedding else None
+        # caption x clip coordinates, added after the first conv (ModelConfig.text_coordinates)
+        self.text_coords = TextCoordinates(cfg.context_dim, dim) if cfg.text_coordinates else None
         # The null-text tokens used when `context` is None. The published model stores the
         # text encoder's embedding of "" here (not zeros); set it with `set_null_text`.
         # Not part of the state_dict, like the published plain attribute.
@@ -248,12 +251,18 @@ class UNet3D(nn.Module):
         if self.frame_embed is not None:
             index = self.frame_embed(frame_positions(f, self.cfg.dim, emb.device, dtype))
             emb = emb + repeat(index, "f c -> (b f) c", b=b)
+
+        coords = self.text_coords(ctx, f, h, w) if self.text_coords is not None else None
         ctx = repeat(ctx, "b l c -> (b f) l c", f=f)
 
         x = rearrange(x, "b c f h w -> (b f) c h w")
         skips = []
-        for block in self.input_blocks:
-            x = self._run(block, x, emb, ctx, b)
+        for i, block in enumerate(self.input_blocks):
+            if i == 0 and coords is not None:  # after the first conv, before its temporal layers
+                x = self._apply_block(block[:1], x, emb, ctx, b) + coords
+                x = self._apply_block(block[1:], x, emb, ctx, b)
+            else:
+                x = self._run(block, x, emb, ctx, b)
             skips.append(x)
         x = self._run(self.middle_block, x, emb, ctx, b)
         for block in self.output_blocks:
