@@ -1,0 +1,95 @@
+"""Which way a model's first guess moves an object, for each direction word.
+
+    python benchmarks/direction_prior.py vcomp/assets runs/tiny_r/export [--t 900 700]
+    python benchmarks/direction_prior.py --make-data DIR   # the micro experiment's clips
+
+For "a white circle moving {left,right,up,down} on a black background", the x0 each model predicts
+from the same pure-noise latents at timestep t (mostly its prior: the noise says little) is decoded
+and averaged over draws; the printout is the shift (dx, dy, in pixels) of the bright blob's
+centroid from the first frame to the last. A model that reads direction words shows left < right
+in dx and up < down in dy: objects moving left must start right of centre. Every embedded release
+so far prints the same shift for all four words.
+
+The micro experiment (docs/embedded-model.md): `--make-data DIR` writes 160 such clips (the only
+caption difference is the direction) with captions.jsonl, to train small models from scratch on
+(`vcomp train --data DIR --stage 1 ...`) and compare levers in minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DIRECTIONS = ("left", "right", "up", "down")
+CAPTION = "a white circle moving {} on a black background"
+
+
+def make_data(out: Path, clips: int = 160, seed: int = 0) -> None:
+    """`clips` single white circles on black, directions in turn, as mp4s with captions.jsonl."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from vcomp.io.write import write_video
+    from vcomp.train import synthetic
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(clips):
+        scene = synthetic.sample_scene(rng, num_objects=1,
+                                       primary=("white", "circle", DIRECTIONS[i % len(DIRECTIONS)], "black"))
+        scene = replace(scene, background=replace(scene.background, kind="solid"))
+        write_video(out / f"c{i:03d}.mp4", synthetic.render(scene, motion="none").frames, fps=synthetic.FPS)
+        lines.append(json.dumps({"video": f"c{i:03d}.mp4", "caption": synthetic.caption(scene)}))
+    (out / "captions.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def blob_shifts(model_dir: str, timestep: int, draws: int = 8) -> dict[str, tuple[float, float]]:
+    """direction -> (dx, dy) of the predicted x0's bright-blob centroid, last frame minus first."""
+    import torch
+
+    from vcomp.engine.parameterization import default_alphas_cumprod, to_eps
+    from vcomp.weights.embedded import load_embedded
+
+    model = load_embedded(model_dir)
+    unet, text, autoencoder = model.unet.eval(), model.text_encoder.eval(), model.autoencoder
+    grid = unet.cfg.sample_size // unet.cfg.latent_scale
+    noise = torch.randn(draws, unet.cfg.in_dim, 16, grid, grid, generator=torch.Generator().manual_seed(1))
+    ab = default_alphas_cumprod().float()[timestep]
+    t = torch.full((draws,), timestep)
+    shifts = {}
+    for direction in DIRECTIONS:
+        with torch.inference_mode():
+            eps = to_eps(unet(noise, t, text([CAPTION.format(direction)] * draws)).float(), noise, t,
+                         unet.cfg.prediction)
+            x0 = (noise - (1 - ab).sqrt() * eps) / ab.sqrt()
+            video = autoencoder.decode(x0).clamp(-1, 1)
+        light = ((video.mean(1) + 1) / 2).mean(0)  # [T, H, W], averaged over draws
+        light = (light - light.mean((1, 2), keepdim=True)).clamp(min=0)
+        ys, xs = torch.meshgrid(torch.arange(light.shape[1]), torch.arange(light.shape[2]), indexing="ij")
+        mass = light.sum((1, 2))
+        cx, cy = (light * xs).sum((1, 2)) / mass, (light * ys).sum((1, 2)) / mass
+        shifts[direction] = (float(cx[-1] - cx[0]), float(cy[-1] - cy[0]))
+    return shifts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="*", help="embedded model folders")
+    ap.add_argument("--t", type=int, nargs="+", default=[900], help="timesteps (default 900)")
+    ap.add_argument("--make-data", metavar="DIR", help="write the micro experiment's clips to DIR and stop")
+    args = ap.parse_args()
+    if args.make_data:
+        make_data(Path(args.make_data))
+        return
+    for model in args.models:
+        for t in args.t:
+            s = blob_shifts(model, t)
+            print(f"{model[-28:]:28s} t={t:4d}  " + " | ".join(f"{d}: dx {s[d][0]:+5.1f} dy {s[d][1]:+5.1f}" for d in DIRECTIONS)
+                  + f"   left-right dx {s['left'][0] - s['right'][0]:+5.1f}, down-up dy {s['down'][1] - s['up'][1]:+5.1f}")
+
+
+if __name__ == "__main__":
+    main()
