@@ -196,9 +196,10 @@ def test_single_frame_conditions_at_the_first_frame_only(tiny):
                                        ("frame_index_embedding", "frame_embed."),
                                        ("text_coordinates", "text_coords.")])
 def test_frame_positions_start_as_a_no_op_and_then_tell_frames_apart(tiny, flag, key):
-    """`temporal_frame_pos` and `frame_index_embedding` add zero-initialised modules: switched on for
-    a trained model (loaded with `with_added_modules`) they compute exactly what the model did; once
-    trained (here: perturbed) they change the output, frame by frame differently."""
+    """`temporal_frame_pos`, `frame_index_embedding` and `text_coordinates` add zero-initialised
+    modules: switched on for a trained model (loaded with `with_added_modules`) they compute exactly
+    what the model did; once trained (here: perturbed) they change the output, frame by frame
+    differently."""
     from vcomp.model.loading import with_added_modules
 
     cfg = dataclasses.replace(tiny.cfg, **{flag: True})

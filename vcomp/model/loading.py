@@ -68,8 +68,8 @@ def load_state_dict_strict(
 
 
 #: modules a trained model may gain when fine-tuned (`ModelConfig.temporal_frame_pos`,
-#: `temporal_text_attention`, `frame_index_embedding`, `text_coordinates`): their output maps are zero-initialised, so a
-#: model without them computes what one with them does before training
+#: `temporal_text_attention`, `frame_index_embedding`, `text_coordinates`): their output maps are
+#: zero-initialised, so a model without them computes what one with them does before training
 ADDABLE_MODULES = (".frame_pos.", ".text_norm.", ".text_attn.", "frame_embed.", "text_coords.")
 
 

@@ -259,8 +259,7 @@ class UNet3D(nn.Module):
         skips = []
         for i, block in enumerate(self.input_blocks):
             if i == 0 and coords is not None:  # after the first conv, before its temporal layers
-                x = self._apply_block(block[:1], x, emb, ctx, b) + coords
-                x = self._apply_block(block[1:], x, emb, ctx, b)
+                x = self._run(block[1:], self._run(block[:1], x, emb, ctx, b) + coords, emb, ctx, b)
             else:
                 x = self._run(block, x, emb, ctx, b)
             skips.append(x)
