@@ -6,15 +6,15 @@
 For "a white circle moving {left,right,up,down} on a black background", the x0 each model predicts
 from the same pure-noise latents at timestep t (mostly its prior: the noise says little) is decoded
 and averaged over draws; the printout is the shift (dx, dy, in pixels) of the centroid of what
-differs from each frame's background colour, from the first frame to the last. A model that reads direction words shows left < right
-in dx and up < down in dy: objects moving left must start right of centre. Every embedded release
-so far prints the same shift for all four words.
+differs from each frame's background colour, from the first frame to the last. A model that reads
+direction words shows left < right in dx and up < down in dy: objects moving left must start right
+of centre. Every embedded release so far prints the same shift for all four words.
 
 The micro experiment (docs/embedded-model.md): `--make-data DIR` writes 160 such clips (the only
 caption difference is the direction) with captions.jsonl, to train small models from scratch on
 (`vcomp train --data DIR --stage 1 ...`) and compare levers in minutes; `--variety colours` and
 `--variety world` add the world's other words back (docs/embedded-model.md: with them the same
-levers taught no direction in 550 steps).
+levers taught no direction in 550-710 steps unless `--caption-contrast` was added).
 """
 
 from __future__ import annotations
@@ -90,11 +90,11 @@ def blob_shifts(model_dir: str, timestep: int, draws: int = 8) -> dict[str, tupl
         # the object whatever colours the model drew (a model that draws it dark on light would
         # otherwise be tracked by the bright background around it, the wrong way)
         background = video.flatten(3).median(3).values[..., None, None]  # [B, C, T, 1, 1]
-        light = (video - background).abs().sum(1).mean(0)  # [T, H, W]
-        light = (light - light.mean((1, 2), keepdim=True)).clamp(min=0)
-        ys, xs = torch.meshgrid(torch.arange(light.shape[1]), torch.arange(light.shape[2]), indexing="ij")
-        mass = light.sum((1, 2))
-        cx, cy = (light * xs).sum((1, 2)) / mass, (light * ys).sum((1, 2)) / mass
+        away = (video - background).abs().sum(1).mean(0)  # [T, H, W]
+        away = (away - away.mean((1, 2), keepdim=True)).clamp(min=0)
+        ys, xs = torch.meshgrid(torch.arange(away.shape[1]), torch.arange(away.shape[2]), indexing="ij")
+        mass = away.sum((1, 2))
+        cx, cy = (away * xs).sum((1, 2)) / mass, (away * ys).sum((1, 2)) / mass
         shifts[direction] = (float(cx[-1] - cx[0]), float(cy[-1] - cy[0]))
     return shifts
 
