@@ -184,6 +184,42 @@ def test_world_items_carry_the_object_focus():
     assert collate([item, item])["focus"].shape == (2, 1, 4, 32, 32)
 
 
+def background_share(video: torch.Tensor, focus: torch.Tensor) -> float:
+    """Share of the pixels off the objects within 0.02 of their median colour."""
+    off = video[:, focus[0] == 0]  # [3, N]
+    return ((off - off.median(dim=1, keepdim=True).values).abs().amax(0) < 0.02).float().mean().item()
+
+
+def test_simple_requests_give_one_object_on_a_solid_background():
+    """The curriculum's first phase: `simple` world requests draw one object on a one-colour
+    background (every pixel the objects don't cover has the background's colour)."""
+    from vcomp.model.adapters import TinyAdapter
+
+    data = TrainDataset(WorldSource(seed=0), TinyAdapter())
+    full_backgrounds = []
+    for index in range(12):
+        simple = data[Request(index=index, seed=5, frames=4, size=32, conditions=False, simple=True)]
+        assert " and " not in simple["caption"]  # one object
+        video, focus = simple["video"], simple["focus"]
+        assert background_share(video, focus) > 0.9  # all but the objects' anti-aliased rims
+        full = data[Request(index=index, seed=5, frames=4, size=32, conditions=False)]
+        full_backgrounds.append(background_share(full["video"], full["focus"]))
+    assert min(full_backgrounds) < 0.5  # the full world has gradients and textures
+
+
+def test_simple_until_switches_the_scenes_and_survives_resume(tmp_path):
+    s = Schedule(100, 0, ((16, None),), ((64, None),), 1e-3, 0, "constant", 0.1, simple_until=30)
+    assert (s.simple_at(29), s.simple_at(30)) == (True, False)
+    run = tmp_path / "run"
+    train(micro(run, stage="1", steps=4, simple_until=2, session_steps=2))
+    train(TrainConfig(out=str(run), resume=True))
+    log = read_log(run)
+    assert [log[k]["simple"] for k in (1, 2, 3, 4)] == [True, True, False, False]
+    assert load_checkpoint(run / "checkpoint").record["schedule"]["simple_until"] == 2
+    with pytest.raises(InputError, match="simple-until"):
+        Trainer(micro(tmp_path / "bad", data=str(tmp_path), simple_until=5)).setup()
+
+
 def test_focus_weights_per_latent_cell():
     focus = torch.zeros(1, 1, 2, 16, 16)
     focus[..., :4, :4] = 1.0  # one whole 4 x 4 cell

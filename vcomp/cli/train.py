@@ -38,7 +38,7 @@ _FIELDS = {
     "init": "init", "autoencoder": "autoencoder", "export": "export", "world_clips": "world_clips", "cache": "cache", "stride": "stride",
     "text_len": "text_len", "user_path_prob": "user_path_prob", "object_weight": "object_weight",
     "temporal_weight": "temporal_weight", "caption_contrast": "caption_contrast",
-    "snr_floor": "snr_floor",
+    "snr_floor": "snr_floor", "simple_until": "simple_until",
 }
 
 
@@ -62,6 +62,7 @@ def train(
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. Default: 0.01."),
     frames_curriculum: str = typer.Option(None, "--frames-curriculum", help="Frames per clip over training: '8,16' (even split) or '8:3000,16'. Default: 16."),
     size_curriculum: str = typer.Option(None, "--size-curriculum", help="Frame size over training: '32,64' or '32:2000,64'. Default: the preset's (64)."),
+    simple_until: int = typer.Option(None, "--simple-until", help="World data: steps before this one see simple scenes (one object on a solid background), a curriculum that lets direction words be learnt before textured backgrounds and second objects dilute them. Default: 0 (off)."),
     seed: int = typer.Option(None, "--seed", help="Seed of the initial weights, the data order, noise and dropout. Default: 0."),
     ckpt_every: int = typer.Option(None, "--ckpt-every", help="Checkpoint every N steps (and always at the end). Default: 500."),
     log_every: int = typer.Option(None, "--log-every", help="Append to OUT/log.jsonl every N steps. Default: 10."),

@@ -22,7 +22,8 @@ Sources:
 - `WorldSource`: the procedural world (`vcomp.train.synthetic`). Depth, sketch and masks are
   exact; motion goes through the H.264 extractor. A fraction `user_path_prob` of stage-2 clips
   take their depth and sketch from the extractors users' videos go through (heuristic depth,
-  Canny), so the model also learns those looks.
+  Canny), so the model also learns those looks. A request marked `simple` gets a simple scene
+  instead (one object on a solid background: the start of a data curriculum).
 - `FolderSource`: a user's videos with captions (a `.txt` beside each video, or `captions.jsonl`
   lines `{"video": "relative/path.mp4", "caption": "..."}`), cut into clips of `frames` frames at
   a stride (default: about 8 fps, the world's rate), scaled to cover and centre-cropped to the
@@ -66,6 +67,7 @@ class Request:
     frames: int
     size: int
     conditions: bool  # stage 2: build the conditions too
+    simple: bool = False  # world: one object on a solid background (a curriculum's first phase)
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,7 +76,7 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def plan_step(seed: int, step: int, rank: int, world_size: int, batch: int, source, frames: int, size: int,
-              conditions: bool) -> list[Request]:
+              conditions: bool, simple: bool = False) -> list[Request]:
     """The requests of process `rank` at `step` (see the module docstring)."""
     n = len(source)
     out = []
@@ -82,7 +84,7 @@ def plan_step(seed: int, step: int, rank: int, world_size: int, batch: int, sour
         p = (step * world_size + rank) * batch + i
         epoch, k = divmod(p, n)
         index = int(_permutation(seed, epoch, n)[k]) if source.shuffle else k
-        out.append(Request(index, mix_seed(seed, 11, p), frames, size, conditions))
+        out.append(Request(index, mix_seed(seed, 11, p), frames, size, conditions, simple))
     return out
 
 
@@ -167,20 +169,20 @@ class WorldSource:
         most = max(self.num_objects) if isinstance(self.num_objects, tuple) else int(self.num_objects)
         return 2 + 8 * most + (most - 1) + 6
 
-    def _dataset(self, frames: int, size: int, conditions: bool):
-        key = (frames, size, conditions)
+    def _dataset(self, frames: int, size: int, conditions: bool, simple: bool = False):
+        key = (frames, size, conditions, simple)
         if key not in self._datasets:
-            from vcomp.train.synthetic import WorldDataset
+            from vcomp.train.synthetic import BACKGROUND_KINDS, WorldDataset
 
             cache = self.cache_dir if self.length < 10**12 else None  # an endless stream is never revisited
             self._datasets[key] = WorldDataset(length=self.length, seed=self.seed, split=self.split, size=size,
-                                               frames=frames, num_objects=self.num_objects,
+                                               frames=frames, num_objects=1 if simple else self.num_objects,
                                                motion="extracted" if conditions else "none", style=conditions,
-                                               cache_dir=cache)
+                                               cache_dir=cache, backgrounds=("solid",) if simple else BACKGROUND_KINDS)
         return self._datasets[key]
 
     def clip(self, req: Request, rng: np.random.Generator) -> RawClip:
-        data = self._dataset(req.frames, req.size, req.conditions)
+        data = self._dataset(req.frames, req.size, req.conditions, req.simple)
         item = data[req.index]
         frames = item["frames"]
         focus = item["mask"]

@@ -104,6 +104,7 @@ class TrainConfig:
     caption_contrast: float = 0.0  # weight of the reversed-direction caption term (caption_contrast_loss; 0: off)
     frames_curriculum: str = "16"  # "8,16" (even split of the steps) or "8:4000,16" (until step 4000)
     size_curriculum: str | None = None  # e.g. "32,64"; default: the preset's size (64 for tiny)
+    simple_until: int = 0  # world data: steps before this one see simple scenes (one object, solid background)
     seed: int = 0
     ckpt_every: int = 500
     log_every: int = 10
@@ -189,6 +190,7 @@ class Schedule:
     warmup: int
     lr_schedule: str
     min_lr_ratio: float
+    simple_until: int = 0
 
     def stage(self, step: int) -> int:
         return 2 if step >= self.stage2_at else 1
@@ -198,6 +200,9 @@ class Schedule:
 
     def size_at(self, step: int) -> int:
         return _phase(self.sizes, step)
+
+    def simple_at(self, step: int) -> bool:
+        return step < self.simple_until
 
     def lr_at(self, step: int) -> float:
         if self.warmup > 0 and step < self.warmup:
@@ -436,6 +441,8 @@ class Trainer:
         if cfg.data == "world":
             return WorldSource(seed=cfg.seed, length=cfg.world_clips or 10**12, cache_dir=cfg.cache,
                                user_path_prob=cfg.user_path_prob)
+        if cfg.simple_until:
+            raise InputError("--simple-until draws simple scenes of the procedural world; it needs --data world")
         window = max(v for v, _ in parse_curriculum(cfg.frames_curriculum, cfg.steps, 16))
         return FolderSource(cfg.data, frames=window, stride=cfg.stride, cache_dir=cfg.cache)
 
@@ -524,6 +531,7 @@ class Trainer:
         if ckpt is not None:
             sched = ckpt.record["schedule"]
             stage2_at, frames, sizes = sched["stage2_at"], sched["frames"], sched["sizes"]
+            simple_until = int(sched.get("simple_until", 0))
         else:
             stage2_at = {"1": 10**15, "2": 0}.get(cfg.stage)
             if cfg.stage not in ("1", "2", "both"):
@@ -532,6 +540,9 @@ class Trainer:
                 stage2_at = cfg.stage2_at if cfg.stage2_at is not None else int(round(0.3 * cfg.steps))
             frames = curriculum_text(parse_curriculum(cfg.frames_curriculum, cfg.steps, 16))
             sizes = curriculum_text(parse_curriculum(cfg.size_curriculum, cfg.steps, size_default))
+            simple_until = int(cfg.simple_until)
+            if simple_until < 0:
+                raise InputError(f"--simple-until must be 0 or more (got {simple_until})")
         cell = base.latent_scale * 2 ** (len(base.dim_mult) - 1)
         for s, _ in parse_curriculum(sizes, cfg.steps, size_default):
             if s % cell or s < cell:
@@ -541,7 +552,7 @@ class Trainer:
                 raise InputError(f"clips need at least 2 frames (got {n})")
         self.schedule = Schedule(cfg.steps, int(stage2_at), parse_curriculum(frames, cfg.steps, 16),
                                  parse_curriculum(sizes, cfg.steps, size_default), cfg.lr, cfg.warmup,
-                                 cfg.lr_schedule, cfg.min_lr_ratio)
+                                 cfg.lr_schedule, cfg.min_lr_ratio, simple_until)
         if cfg.lr_schedule not in ("constant", "cosine"):
             raise InputError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
         for flag, value in (("--object-weight", cfg.object_weight), ("--temporal-weight", cfg.temporal_weight),
@@ -552,6 +563,8 @@ class Trainer:
             raise InputError(f"--snr-floor must be between 0 and the min-SNR gamma ({cfg.min_snr_gamma}), "
                              f"got {cfg.snr_floor}; it needs --min-snr above 0")
         self.schedule_record = {"stage2_at": int(stage2_at), "frames": frames, "sizes": sizes}
+        if simple_until:
+            self.schedule_record["simple_until"] = simple_until
         self.dropout = DropoutConfig(**cfg.dropout)
         self.start_step = ckpt.step if ckpt is not None else 0
         self.record = copy.deepcopy(ckpt.record) if ckpt is not None else {}
@@ -588,7 +601,7 @@ class Trainer:
     def requests(self, step: int):
         s = self.schedule
         return plan_step(self.cfg.seed, step, self.rank, self.world_size, self.cfg.batch, self.source,
-                         s.frames_at(step), s.size_at(step), s.stage(step) == 2)
+                         s.frames_at(step), s.size_at(step), s.stage(step) == 2, s.simple_at(step))
 
     def _inputs(self, batch: dict, stage: int, generator: torch.Generator, dropout: DropoutConfig | None):
         """(x0 latent, captions, style, conditions, drop) for a batch, with dropout applied."""
@@ -882,7 +895,7 @@ class Trainer:
                 "out": str(self.out), "device": str(self.device), "world_size": self.world_size,
                 "parameters": self._record(start, session)["parameters"], "data": self.source.describe(),
                 "stage2_at": schedule.stage2_at, "frames": self.schedule_record["frames"],
-                "sizes": self.schedule_record["sizes"], "rank": self.rank}
+                "sizes": self.schedule_record["sizes"], "simple_until": schedule.simple_until, "rank": self.rank}
         self.on_event("start", info)
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -913,6 +926,7 @@ class Trainer:
                                 if cfg.caption_contrast else {}),
                              "grad_norm": out["grad_norm"] and round(out["grad_norm"], 4), "lr": out["lr"],
                              "frames": out["frames"], "size": out["size"],
+                             **({"simple": schedule.simple_at(step - 1)} if schedule.simple_until else {}),
                              "s_per_step": round((now - window_t) / max(1, window_n), 4),
                              "data_wait_s": round(wait_total / max(1, step - start), 4),
                              "elapsed_s": round(elapsed, 1), "time": _now()}

@@ -352,8 +352,8 @@ def _sample_object(rng, colour, shape, direction, size, frames, layer) -> Object
                       **placed)
 
 
-def _sample_background(rng, colour, size, kind=None) -> BackgroundSpec:
-    kind = kind or _choice(rng, BACKGROUND_KINDS)
+def _sample_background(rng, colour, size, kinds: tuple[str, ...] = BACKGROUND_KINDS) -> BackgroundSpec:
+    kind = _choice(rng, kinds)
     texture = _choice(rng, BACKGROUND_TEXTURES) if kind == "textured" else None
     return BackgroundSpec(colour=colour, kind=kind, texture=texture, angle=float(rng.uniform(0, 360)),
                           period=float(rng.uniform(5.0, 10.0)) * size / REFERENCE_SIZE,
@@ -375,13 +375,17 @@ def _overlap_ok(objects: list[ObjectSpec], frames: int, want_overlap: bool) -> b
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train", num_objects: int | tuple[int, ...] = (1, 2),
-                 size: int = 64, frames: int = 16, primary: tuple[str, str, str, str] | None = None) -> Scene:
+                 size: int = 64, frames: int = 16, primary: tuple[str, str, str, str] | None = None,
+                 backgrounds: tuple[str, ...] = BACKGROUND_KINDS) -> Scene:
     """Draw a scene. `num_objects`: a count or choices (uniform). `split`: "train" (no object forms
     a held-out combination with the background) or "heldout" (the primary object's combination is
     held out; the others are unconstrained). `primary` forces the first object's (colour, shape,
-    direction, bg_colour). Object colours differ from each other and from the background."""
+    direction, bg_colour). Object colours differ from each other and from the background.
+    `backgrounds`: the kinds to draw from (("solid",) gives the simple scenes of a curriculum)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} (got {split!r})")
+    if not backgrounds or any(k not in BACKGROUND_KINDS for k in backgrounds):
+        raise ValueError(f"backgrounds must be some of {BACKGROUND_KINDS} (got {backgrounds!r})")
     counts = (num_objects,) if isinstance(num_objects, int) else tuple(num_objects)
     n = int(_choice(rng, counts))
     if not 1 <= n <= MAX_OBJECTS:
@@ -397,7 +401,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", num_objects: in
     colour, shape, direction, bg_colour = primary
     if colour == bg_colour:
         raise ValueError(f"object colour and background colour must differ (both {colour})")
-    background = _sample_background(rng, bg_colour, size)
+    background = _sample_background(rng, bg_colour, size, tuple(backgrounds))
     want_overlap = rng.random() < 0.5
     layers = [int(v) for v in rng.permutation(MAX_OBJECTS)[:n]]
     for attempt in range(100):
@@ -686,7 +690,8 @@ class WorldDataset:
 
     def __init__(self, length: int = 100_000, seed: int = 0, split: str = "train", size: int = 64,
                  frames: int = 16, num_objects: int | tuple[int, ...] = (1, 2), motion: str = "extracted",
-                 style: bool = True, cache_dir: str | os.PathLike | None = None, supersample: int = 2):
+                 style: bool = True, cache_dir: str | os.PathLike | None = None, supersample: int = 2,
+                 backgrounds: tuple[str, ...] = BACKGROUND_KINDS):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS} (got {split!r})")
         if motion not in ("extracted", "exact", "none"):
@@ -694,6 +699,7 @@ class WorldDataset:
         self.length, self.seed, self.split = int(length), int(seed), split
         self.size, self.frames, self.num_objects = int(size), int(frames), num_objects
         self.motion, self.style, self.supersample = motion, bool(style), int(supersample)
+        self.backgrounds = tuple(backgrounds)
         self.cache = None
         if cache_dir is not None:
             name = f"world-v{CACHE_VERSION}-{split}-s{seed}-{size}px-{frames}f-{motion}"
@@ -701,6 +707,8 @@ class WorldDataset:
                 name += "-n" + "".join(str(c) for c in ((num_objects,) if isinstance(num_objects, int) else num_objects))
             if supersample != 2:
                 name += f"-ss{supersample}"
+            if self.backgrounds != BACKGROUND_KINDS:
+                name += "-bg-" + "-".join(self.backgrounds)
             self.cache = Path(cache_dir) / name
 
     def __len__(self) -> int:
@@ -710,7 +718,8 @@ class WorldDataset:
         return np.random.default_rng([self.seed, SPLITS.index(self.split), int(index)])
 
     def scene(self, index: int) -> Scene:
-        return sample_scene(self.rng(index), self.split, self.num_objects, self.size, self.frames)
+        return sample_scene(self.rng(index), self.split, self.num_objects, self.size, self.frames,
+                            backgrounds=self.backgrounds)
 
     def sample(self, index: int) -> Sample:
         return render(self.scene(index), motion=self.motion, supersample=self.supersample)
