@@ -461,6 +461,24 @@ def test_a_fine_tune_can_switch_on_an_addable_module(tmp_path, flag, key):
     assert trained and any(v.abs().sum() > 0 for v in trained.values())
 
 
+def test_fresh_text_keeps_the_unet_and_restarts_the_text_encoder(tmp_path):
+    from vcomp.weights.embedded import load_embedded
+
+    base = tmp_path / "base"
+    train(micro(tmp_path / "run0", stage="1", steps=2, export=str(base)))
+    trained = load_embedded(base)
+    tuned = Trainer(micro(tmp_path / "run1", init=str(base), stage="2", steps=1, fresh_text=True)).setup()
+    unet, text = tuned.model.unet.state_dict(), tuned.model.text.state_dict()
+    assert all(torch.equal(unet[k], v) for k, v in trained.unet.state_dict().items())
+    old = trained.text_encoder.state_dict()
+    assert text.keys() == old.keys() and tuned.model.text.vocab == trained.text_encoder.vocab
+    assert not torch.allclose(text["token_embedding.weight"], old["token_embedding.weight"])
+    kept = Trainer(micro(tmp_path / "run2", init=str(base), stage="2", steps=1)).setup()
+    assert torch.equal(kept.model.text.state_dict()["token_embedding.weight"], old["token_embedding.weight"])
+    with pytest.raises(InputError, match="fresh-text"):
+        Trainer(micro(tmp_path / "run3", fresh_text=True)).setup()
+
+
 def _children(pid: int) -> list[int]:
     """Child process ids of `pid` (Linux /proc)."""
     found = []

@@ -76,6 +76,7 @@ def train(
     out: str = typer.Option(None, "--out", "-o", help="Run folder: checkpoint/ (model.safetensors, optimizer.pt, train.json) and log.jsonl. Default: runs/tiny."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out at its exact step (starts it if there is no checkpoint yet)."),
     init: str = typer.Option(None, "--init", help="Start from these weights: a run or checkpoint folder (EMA weights) or an embedded model folder (fine-tuning)."),
+    fresh_text: bool = typer.Option(False, "--fresh-text", help="With --init: start the text encoder from fresh weights (same vocabulary), the UNet from the --init model's. For a model whose text encoder has erased words (the ninth release's direction words) that fine-tuning cannot bring back."),
     autoencoder: str = typer.Option(None, "--autoencoder", help="The latent space: a `vcomp train-autoencoder` export folder (frozen while the UNet trains). Default: the --init model's, or the checkpoint's."),
     export: str = typer.Option(None, "--export", help="At the end of the session, write the EMA weights as an embedded model (embedded.safetensors + embedded.json) into this folder."),
     world_clips: int = typer.Option(None, "--world-clips", help="Use a fixed pool of N world clips (with --cache, generated once). Default: a fresh clip every time."),
@@ -102,6 +103,8 @@ def train(
 
     console.set_quiet(quiet)
     given = {field: options[option] for option, field in _FIELDS.items() if options[option] is not None}
+    if fresh_text:
+        given["fresh_text"] = True
     if min_snr is not None:
         given["min_snr_gamma"] = None if min_snr <= 0 else float(min_snr)
     if model_json is not None:

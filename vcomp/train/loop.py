@@ -118,6 +118,7 @@ class TrainConfig:
     out: str = "runs/tiny"
     resume: bool = False
     init: str | None = None
+    fresh_text: bool = False  # with init: the text encoder starts from fresh weights (the UNet from init's)
     autoencoder: str | None = None  # a `vcomp train-autoencoder` export (the latent space; frozen here)
     export: str | None = None
     world_clips: int | None = None  # a finite pool of world clips (default: every clip is new)
@@ -457,6 +458,9 @@ class Trainer:
         self.source = self._source(cfg)
         ckpt = self.resume_from
         init = load_init(cfg.init) if (cfg.init and ckpt is None) else None
+        if cfg.fresh_text and not cfg.init:
+            raise InputError("--fresh-text restarts the text encoder of an --init model; a run without --init "
+                             "starts every part fresh already")
         # lineage: how the --init weights were trained, carried into checkpoints and exports
         # and its sampling defaults: an export evaluated or shipped without them would silently
         # run at the pipeline's fallback guidance instead of the one measured for this model
@@ -497,7 +501,8 @@ class Trainer:
         text = WordTextEncoder(vocab, **text_spec)
         if init is not None:
             load_state_dict_strict(unet, with_added_modules(unet, init.unet), source=f"UNet weights of {init.source}")
-            load_state_dict_strict(text, init.text, source=f"text-encoder weights of {init.source}")
+            if not cfg.fresh_text:
+                load_state_dict_strict(text, init.text, source=f"text-encoder weights of {init.source}")
             text = extend_vocab(text, build_vocab(self.source.captions(), words=())[4:])
         self.model = Denoiser(unet, text).to(self.device)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
