@@ -169,7 +169,7 @@ class WorldSource:
         most = max(self.num_objects) if isinstance(self.num_objects, tuple) else int(self.num_objects)
         return 2 + 8 * most + (most - 1) + 6
 
-    def _dataset(self, frames: int, size: int, conditions: bool, simple: bool = False):
+    def _dataset(self, frames: int, size: int, conditions: bool, simple: bool):
         key = (frames, size, conditions, simple)
         if key not in self._datasets:
             from vcomp.train.synthetic import BACKGROUND_KINDS, WorldDataset

@@ -546,8 +546,6 @@ class Trainer:
             frames = curriculum_text(parse_curriculum(cfg.frames_curriculum, cfg.steps, 16))
             sizes = curriculum_text(parse_curriculum(cfg.size_curriculum, cfg.steps, size_default))
             simple_until = int(cfg.simple_until)
-            if simple_until < 0:
-                raise InputError(f"--simple-until must be 0 or more (got {simple_until})")
         cell = base.latent_scale * 2 ** (len(base.dim_mult) - 1)
         for s, _ in parse_curriculum(sizes, cfg.steps, size_default):
             if s % cell or s < cell:
@@ -561,7 +559,7 @@ class Trainer:
         if cfg.lr_schedule not in ("constant", "cosine"):
             raise InputError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
         for flag, value in (("--object-weight", cfg.object_weight), ("--temporal-weight", cfg.temporal_weight),
-                            ("--caption-contrast", cfg.caption_contrast)):
+                            ("--caption-contrast", cfg.caption_contrast), ("--simple-until", cfg.simple_until)):
             if not value >= 0:
                 raise InputError(f"{flag} must be 0 or more (got {value})")
         if cfg.snr_floor and (cfg.min_snr_gamma is None or not 0 < cfg.snr_floor <= cfg.min_snr_gamma):

@@ -401,7 +401,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", num_objects: in
     colour, shape, direction, bg_colour = primary
     if colour == bg_colour:
         raise ValueError(f"object colour and background colour must differ (both {colour})")
-    background = _sample_background(rng, bg_colour, size, tuple(backgrounds))
+    background = _sample_background(rng, bg_colour, size, backgrounds)
     want_overlap = rng.random() < 0.5
     layers = [int(v) for v in rng.permutation(MAX_OBJECTS)[:n]]
     for attempt in range(100):
