@@ -221,3 +221,62 @@ def test_latent_noise_perturbs_the_decoders_input_within_its_level():
     noise_std = (seen[2] - seen[0]).flatten(1).std(dim=1) * 0.5  # back in scaled units
     assert (noise_std > 0).all() and (noise_std < 0.4 * 1.1).all()
     assert float(noise_std.std()) > 0.02  # a different level per sample
+
+
+def test_a_trained_unet_moves_to_a_latent_of_another_width(vae_run, tmp_path):
+    """--init a model --autoencoder a wider latent (same factor): the UNet keeps every trained tensor
+    but the latent's own convolution weights (fresh), including the condition channels of its first
+    convolution; a model on another factor, or a resumed run, is still refused."""
+    from test_train import FAST
+
+    from vcomp.model.loading import LATENT_INPUT_CONV
+    from vcomp.train.loop import TrainConfig, train
+    from vcomp.weights.embedded import load_embedded
+
+    out, _ = vae_run
+    micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    base = {**FAST, "model": micro, "stage2_at": 0}
+    train(TrainConfig(out=str(tmp_path / "a"), **base, steps=2, autoencoder=str(out / "export"),
+                      export=str(tmp_path / "a_export")))
+    wide = AutoencoderTrainConfig(out=str(tmp_path / "vae6"), steps=2, batch=2, crop=16, size=32, threads=1,
+                                  vae={**MICRO_VAE, "latent_channels": 6})
+    train_autoencoder(wide)
+    cfg = TrainConfig(out=str(tmp_path / "b"), **base, steps=1, lr=1e-4, init=str(tmp_path / "a_export"),
+                      autoencoder=str(tmp_path / "vae6" / "export"), export=str(tmp_path / "b_export"))
+    summary = train(cfg)
+    assert summary["step"] == 1
+    before, after = load_embedded(tmp_path / "a_export"), load_embedded(tmp_path / "b_export")
+    assert (before.unet.cfg.in_dim, after.unet.cfg.in_dim, after.unet.cfg.out_dim) == (4, 6, 6)
+    assert after.autoencoder.latent_channels == 6
+    assert after.record["training"]["init"]["latent_channels_moved"] == [4, 6]
+    old, new = before.unet.state_dict(), after.unet.state_dict()
+    kept = [k for k in old if old[k].shape == new[k].shape and old[k].is_floating_point()]
+    assert len(kept) > 0.9 * len(old)
+    for k in kept:  # one step at lr 1e-4 (and the EMA) moves a kept tensor by far less than a re-draw would
+        assert (old[k] - new[k]).abs().max() < 5e-3, k
+    concat = old[LATENT_INPUT_CONV].shape[1] - 4
+    assert torch.allclose(old[LATENT_INPUT_CONV][:, 4:], new[LATENT_INPUT_CONV][:, 6:], atol=5e-3)
+    assert new[LATENT_INPUT_CONV].shape[1] == 6 + concat
+    # another factor cannot move (the grid the UNet learnt on changes): one-line refusal
+    other = AutoencoderTrainConfig(out=str(tmp_path / "vae_f4"), steps=1, batch=2, crop=16, size=32, threads=1,
+                                   vae={"block_out_channels": [8, 16, 16], "norm_num_groups": 4, "latent_channels": 6})
+    train_autoencoder(other)
+    with pytest.raises(InputError, match="start a fresh run"):
+        train(TrainConfig(out=str(tmp_path / "c"), **base, steps=1, init=str(tmp_path / "a_export"),
+                          autoencoder=str(tmp_path / "vae_f4" / "export")))
+
+
+def test_cli_latent_channels_shapes_a_fresh_latent_only(tmp_path, capsys):
+    from vcomp.cli import main
+
+    out = tmp_path / "vae"
+    assert main(["train-autoencoder", "--out", str(out), "--steps", "1", "--batch", "2", "--crop", "16", "--size",
+                 "32", "--threads", "1", "--latent-channels", "12", "-q"]) == 0
+    vae, _ = load_autoencoder(out / "export")
+    assert vae.config.latent_channels == 12
+    capsys.readouterr()
+    assert main(["train-autoencoder", "--out", str(tmp_path / "again"), "--init", str(out / "export"),
+                 "--latent-channels", "16", "--steps", "1", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--latent-channels" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "again").exists()

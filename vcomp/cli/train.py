@@ -77,7 +77,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out at its exact step (starts it if there is no checkpoint yet)."),
     init: str = typer.Option(None, "--init", help="Start from these weights: a run or checkpoint folder (EMA weights) or an embedded model folder (fine-tuning)."),
     fresh_text: bool = typer.Option(False, "--fresh-text", help="With --init: start the text encoder from fresh weights (same vocabulary), the UNet from the --init model's. For a model whose text encoder has erased words (the ninth release's direction words) that fine-tuning cannot bring back."),
-    autoencoder: str = typer.Option(None, "--autoencoder", help="The latent space: a `vcomp train-autoencoder` export folder (frozen while the UNet trains). Default: the --init model's, or the checkpoint's."),
+    autoencoder: str = typer.Option(None, "--autoencoder", help="The latent space: a `vcomp train-autoencoder` export folder (frozen while the UNet trains). With --init a model of another latent width (same factor), the UNet moves to this latent: its first and last convolutions' latent weights start fresh, the rest is kept. Default: the --init model's, or the checkpoint's."),
     export: str = typer.Option(None, "--export", help="At the end of the session, write the EMA weights as an embedded model (embedded.safetensors + embedded.json) into this folder."),
     world_clips: int = typer.Option(None, "--world-clips", help="Use a fixed pool of N world clips (with --cache, generated once). Default: a fresh clip every time."),
     cache: str = typer.Option(None, "--cache", help="Folder for cached clips (world pools, decoded folder clips)."),
@@ -241,6 +241,7 @@ def train_autoencoder(
     init: str = typer.Option(None, "--init", help="Start from this autoencoder export, or from the autoencoder of an embedded model folder."),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="Train only the decoder (needs --init): the latent space, and a UNet trained in it, stay valid."),
     latent_noise: float = typer.Option(0.0, "--latent-noise", help="Decode latents plus Gaussian noise of std up to this (scaled-latent units, e.g. 0.15): a decoder robust to the frame-to-frame jitter of sampled latents flickers less. 0 = clean latents."),
+    latent_channels: int = typer.Option(None, "--latent-channels", help="Channels of a fresh latent (more keep finer shapes; the UNet's cost barely changes). Default: 8."),
     apply_to: str = typer.Option(None, "--apply-to", help="With --decoder-only: afterwards write the new decoder into the embedded model in this folder (whose encoder must be the --init one)."),
     seed: int = SEED,
     max_minutes: float = MAX_MINUTES,
@@ -251,7 +252,7 @@ def train_autoencoder(
 ) -> None:
     """Train the embedded model's latent space: a small AutoencoderKL on procedural-world frames.
 
-    The export is what `vcomp train --autoencoder DIR` denoises in (factor 8, 8 channels)."""
+    The export is what `vcomp train --autoencoder DIR` denoises in (factor 8, 8 channels by default)."""
     options = dict(locals())
     from vcomp.train.autoencoder import AutoencoderTrainConfig
     from vcomp.train.autoencoder import train_autoencoder as run
@@ -264,10 +265,14 @@ def train_autoencoder(
         raise InputError("--apply-to needs --decoder-only (a new encoder would invalidate the model's UNet)")
     if latent_noise < 0:
         raise InputError(f"--latent-noise must be 0 or more, got {latent_noise}")
+    if latent_channels is not None and init is not None:
+        raise InputError("--latent-channels shapes a fresh latent; an --init autoencoder keeps its own")
+    if latent_channels is not None and latent_channels < 1:
+        raise InputError(f"--latent-channels must be 1 or more, got {latent_channels}")
     cfg = AutoencoderTrainConfig(out=out, steps=steps, batch=batch, crop=crop, size=size, lr=lr, kl_weight=kl_weight,
                                  seed=seed, max_minutes=max_minutes, threads=threads, resume=resume, command=command,
                                  object_weight=object_weight, init=init, decoder_only=decoder_only,
-                                 latent_noise=latent_noise)
+                                 latent_noise=latent_noise, vae={"latent_channels": latent_channels} if latent_channels else {})
     show = console.interactive()
     with console.progress_bar(transient=False) if show else _Nothing() as bar:
         task = bar.add_task("autoencoder", total=steps) if show else None

@@ -80,3 +80,32 @@ def with_added_modules(model: nn.Module, state_dict: Mapping[str, torch.Tensor])
     added = {k: v for k, v in model.state_dict().items()
              if k not in state_dict and any(name in k for name in ADDABLE_MODULES)}
     return {**added, **state_dict}
+
+
+#: the UNet's two convolutions that touch the latent itself: the first (noisy latent + condition
+#: features in) and the last (the prediction out); every other tensor is independent of the latent's width
+LATENT_INPUT_CONV = "input_blocks.0.0.weight"
+LATENT_OUTPUT_CONV = ("out.2.weight", "out.2.bias")
+
+
+def with_new_latent_channels(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                             old_in_dim: int) -> dict[str, torch.Tensor]:
+    """`state_dict` (a UNet trained on a latent of `old_in_dim` channels) made to fit `model`, the
+    same UNet on a latent with another channel count, for moving a trained model to a new latent
+    space (same factor) instead of training one from scratch. The latent's own weights start from
+    `model`'s fresh initialisation: the first convolution's input channels for the noisy latent
+    and the whole last convolution. The first convolution's condition-feature channels, and every
+    other tensor (text, conditions, time, the blocks in between), keep their trained values."""
+    fresh = model.state_dict()
+    out = dict(state_dict)
+    old_in, new_in = state_dict[LATENT_INPUT_CONV], fresh[LATENT_INPUT_CONV]
+    concat = old_in.shape[1] - old_in_dim
+    if concat < 0 or new_in.shape[1] - concat <= 0 or old_in.shape[0] != new_in.shape[0]:
+        raise WeightsError(f"cannot move {LATENT_INPUT_CONV} {list(old_in.shape)} to {list(new_in.shape)}")
+    merged = new_in.clone()
+    if concat:
+        merged[:, -concat:] = old_in[:, -concat:]
+    out[LATENT_INPUT_CONV] = merged
+    for key in LATENT_OUTPUT_CONV:
+        out[key] = fresh[key].clone()
+    return out

@@ -452,7 +452,7 @@ class Trainer:
         from vcomp.model.adapters import get_adapter
         from vcomp.model.config import ModelConfig
         from vcomp.model.embedders import WordTextEncoder, build_vocab
-        from vcomp.model.loading import load_state_dict_strict, with_added_modules
+        from vcomp.model.loading import load_state_dict_strict, with_added_modules, with_new_latent_channels
 
         cfg = self.cfg
         self.source = self._source(cfg)
@@ -486,10 +486,15 @@ class Trainer:
                          "max_len": text_len, "depth": cfg.text_depth, "heads": cfg.text_heads}
         self.autoencoder = self._autoencoder(base, ckpt, init)
         ae = self.autoencoder
+        moved_from = None  # the --init model's latent channels, when it moves to a new latent space
         if (base.in_dim, base.out_dim, base.latent_scale) != (ae.latent_channels, ae.latent_channels, ae.factor):
-            if ckpt is not None or init is not None:
+            movable = init is not None and self.cfg.autoencoder and ae.factor == base.latent_scale
+            if ckpt is not None or (init is not None and not movable):
                 raise InputError(f"the autoencoder has {ae.latent_channels} channels at factor {ae.factor}, but the "
                                  f"model was trained on {base.in_dim} at {base.latent_scale}; start a fresh run")
+            if movable:
+                moved_from = base.in_dim
+                self.init_history = {**self.init_history, "latent_channels_moved": [base.in_dim, ae.latent_channels]}
             base = replace(base, in_dim=ae.latent_channels, out_dim=ae.latent_channels, latent_scale=ae.factor)
         self.base_cfg = base
         self.model_cfg = replace(base, **TRAIN_DROPOUT_OFF)
@@ -500,7 +505,10 @@ class Trainer:
         vocab = text_spec.pop("vocab")
         text = WordTextEncoder(vocab, **text_spec)
         if init is not None:
-            load_state_dict_strict(unet, with_added_modules(unet, init.unet), source=f"UNet weights of {init.source}")
+            state = with_added_modules(unet, init.unet)
+            if moved_from is not None:  # a new latent space: the latent's own convolutions start fresh
+                state = with_new_latent_channels(unet, state, moved_from)
+            load_state_dict_strict(unet, state, source=f"UNet weights of {init.source}")
             if not cfg.fresh_text:
                 load_state_dict_strict(text, init.text, source=f"text-encoder weights of {init.source}")
             text = extend_vocab(text, build_vocab(self.source.captions(), words=())[4:])
