@@ -274,7 +274,14 @@ def test_cli_latent_channels_shapes_a_fresh_latent_only(tmp_path, capsys):
                  "32", "--threads", "1", "--latent-channels", "12", "-q"]) == 0
     vae, _ = load_autoencoder(out / "export")
     assert vae.config.latent_channels == 12
+    common = ["--out", str(out), "--resume", "--batch", "2", "--crop", "16", "--size", "32", "--threads", "1", "-q"]
+    assert main(["train-autoencoder", "--steps", "2", *common]) == 0  # a resumed run keeps its own width
+    vae, record = load_autoencoder(out / "export")
+    assert vae.config.latent_channels == 12 and record["training"]["steps"] == 2
     capsys.readouterr()
+    assert main(["train-autoencoder", "--steps", "3", "--latent-channels", "4", *common]) == 2
+    err = capsys.readouterr().err
+    assert "latent_channels" in err and len(err.strip().splitlines()) == 1
     assert main(["train-autoencoder", "--out", str(tmp_path / "again"), "--init", str(out / "export"),
                  "--latent-channels", "16", "--steps", "1", "-q"]) == 2
     err = capsys.readouterr().err

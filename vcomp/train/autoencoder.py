@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -267,6 +267,13 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
     existing = find_checkpoint(out)
     if existing is not None and not cfg.resume:
         raise InputError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
+    ckpt = load_checkpoint(existing) if existing is not None else None
+    if ckpt is not None:  # a resumed run keeps its own architecture (e.g. its --latent-channels)
+        saved = ckpt.record["config"].get("vae") or {}
+        if cfg.vae and cfg.vae != saved:
+            raise InputError(f"{out} was started with autoencoder options {saved or 'the defaults'}, not {cfg.vae}; "
+                             "resume it without them, or choose another --out")
+        cfg = replace(cfg, vae=saved)
     vae, init_history = _build(cfg)
     fixed_scale = float(vae.config.scaling_factor) if cfg.decoder_only else None
     if cfg.decoder_only:
@@ -275,8 +282,7 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
             p.requires_grad_(True)
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     start, wall, sessions = 0, 0.0, []
-    if existing is not None:
-        ckpt = load_checkpoint(existing)
+    if ckpt is not None:
         vae.load_state_dict(ckpt.tensors)
         opt.load_state_dict(ckpt.state["optimizer"])
         start, wall = ckpt.step, float(ckpt.record.get("wall_time_s", 0.0))
