@@ -265,8 +265,6 @@ def train_autoencoder(
         raise InputError("--apply-to needs --decoder-only (a new encoder would invalidate the model's UNet)")
     if latent_noise < 0:
         raise InputError(f"--latent-noise must be 0 or more, got {latent_noise}")
-    if latent_channels is not None and init is not None:
-        raise InputError("--latent-channels shapes a fresh latent; an --init autoencoder keeps its own")
     if latent_channels is not None and latent_channels < 1:
         raise InputError(f"--latent-channels must be 1 or more, got {latent_channels}")
     cfg = AutoencoderTrainConfig(out=out, steps=steps, batch=batch, crop=crop, size=size, lr=lr, kl_weight=kl_weight,

@@ -183,6 +183,9 @@ def _build(cfg: AutoencoderTrainConfig):
 
     torch.manual_seed(cfg.seed)
     if cfg.init:
+        if cfg.vae:
+            raise InputError(f"autoencoder options {cfg.vae} (--latent-channels) shape a fresh latent; "
+                             "an --init autoencoder keeps its own")
         vae, record = load_any_autoencoder(cfg.init)
         return vae.requires_grad_(True), {"source": str(cfg.init), **record.get("training", {})}
     if cfg.decoder_only:

@@ -488,7 +488,7 @@ class Trainer:
         ae = self.autoencoder
         moved_from = None  # the --init model's latent channels, when it moves to a new latent space
         if (base.in_dim, base.out_dim, base.latent_scale) != (ae.latent_channels, ae.latent_channels, ae.factor):
-            movable = init is not None and self.cfg.autoencoder and ae.factor == base.latent_scale
+            movable = init is not None and cfg.autoencoder and ae.factor == base.latent_scale
             if ckpt is not None or (init is not None and not movable):
                 raise InputError(f"the autoencoder has {ae.latent_channels} channels at factor {ae.factor}, but the "
                                  f"model was trained on {base.in_dim} at {base.latent_scale}; start a fresh run")
