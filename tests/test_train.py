@@ -416,6 +416,26 @@ def test_resume_keeps_the_runs_checkpoint_eval_and_export_settings(tmp_path):
     assert (chosen.cfg.ckpt_every, chosen.cfg.eval_every) == (3, 5)
 
 
+def test_session_steps_zero_exports_a_stopped_run_without_training(tmp_path):
+    """Ctrl-C / SIGTERM leave a checkpoint but no export (an interrupted run must not replace a
+    good export); resuming for no steps writes the export of exactly the checkpointed weights."""
+    from safetensors.torch import load_file
+
+    run, export = tmp_path / "run", tmp_path / "export"
+    train(micro(run, stage="1", steps=6, session_steps=2))
+    assert not export.exists()
+    summary = train(TrainConfig(out=str(run), resume=True, session_steps=0, export=str(export)),
+                    explicit={"session_steps", "export"})
+    assert summary["step"] == 2 and load_checkpoint(run).step == 2
+    assert sorted(read_log(run)) == [1, 2], "no step may run"
+    record = json.loads((export / "embedded.json").read_text())
+    assert record["training"]["steps"] == 2
+    exported = load_file(str(export / "embedded.safetensors"))
+    ema = load_file(str(run / "checkpoint" / "model.safetensors"))
+    unet = [k for k in exported if k.startswith("unet.")]  # the export holds the EMA weights
+    assert unet and all(torch.equal(exported[k], ema[f"ema.{k}"].to(exported[k].dtype)) for k in unet)
+
+
 def test_a_fine_tune_keeps_the_init_models_sampling_defaults_through_resume_and_export(tmp_path):
     """A model's guidance is measured for it and lives in embedded.json; an export of a run that
     started from it (and of that run resumed) must carry it, or evaluating the export runs at the
