@@ -287,3 +287,47 @@ def test_cli_latent_channels_shapes_a_fresh_latent_only(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--latent-channels" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "again").exists()
+
+
+def test_a_resumed_decoder_only_run_keeps_its_init_and_frozen_encoder(vae_run, tmp_path, capsys):
+    """Resuming a decoder-only run without repeating --init / --decoder-only must not train the
+    encoder (that would invalidate the UNet whose latent it is); --apply-to works on the resume;
+    contradicting the run's structure is a one-line error."""
+    from test_train import FAST
+
+    from vcomp.cli import main
+    from vcomp.train.loop import TrainConfig, train
+    from vcomp.weights.embedded import load_embedded
+
+    out, _ = vae_run
+    base, _ = load_autoencoder(out / "export")
+    micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1,
+                      autoencoder=str(out / "export"), export=str(tmp_path / "model")))
+    dec = tmp_path / "dec"
+    common = ["--out", str(dec), "--batch", "2", "--crop", "32", "--size", "32", "--threads", "1", "-q"]
+    assert main(["train-autoencoder", "--init", str(out / "export"), "--decoder-only", "--steps", "2",
+                 "--object-weight", "4", "--latent-noise", "0.1", "--lr", "5e-4", *common]) == 0
+    assert main(["train-autoencoder", "--resume", "--steps", "4", "--apply-to", str(tmp_path / "model"), *common]) == 0
+    tuned, record = load_autoencoder(dec / "export")
+    assert record["training"]["steps"] == 4
+    recipe = record["training"]["config"]  # the phase's recipe is the run's unless given again
+    assert (recipe["object_weight"], recipe["latent_noise"], recipe["lr"], recipe["decoder_only"]) == (4, 0.1, 5e-4, True)
+    old, new = base.state_dict(), tuned.state_dict()
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    applied = load_embedded(tmp_path / "model").autoencoder.vae.state_dict()
+    assert all(torch.equal(applied[k], v) for k, v in new.items())
+
+    capsys.readouterr()
+    assert main(["train-autoencoder", "--resume", "--init", str(tmp_path / "model"), "--steps", "5", *common]) == 2
+    err = capsys.readouterr().err
+    assert "--init" in err and len(err.strip().splitlines()) == 1
+    full = tmp_path / "full"
+    assert main(["train-autoencoder", "--out", str(full), "--steps", "1", "--batch", "2", "--crop", "16", "--size",
+                 "32", "--threads", "1", "--latent-channels", "4", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["train-autoencoder", "--out", str(full), "--resume", "--decoder-only", "--steps", "2", "--batch", "2",
+                 "--crop", "16", "--size", "32", "--threads", "1", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--decoder-only" in err and len(err.strip().splitlines()) == 1

@@ -230,6 +230,7 @@ Writes OUT/checkpoint/ (resumable), OUT/log.jsonl and OUT/export/autoencoder.{sa
 
 
 def train_autoencoder(
+    ctx: typer.Context,
     out: str = typer.Option("runs/vae", "--out", "-o", help="Run folder (checkpoint/, log.jsonl, export/)."),
     steps: int = typer.Option(3000, "--steps", help="Total optimiser steps."),
     batch: int = typer.Option(32, "--batch", help="Frames per step."),
@@ -253,15 +254,15 @@ def train_autoencoder(
     """Train the embedded model's latent space: a small AutoencoderKL on procedural-world frames.
 
     The export is what `vcomp train --autoencoder DIR` denoises in (factor 8, 8 channels by default)."""
-    options = dict(locals())
-    from vcomp.train.autoencoder import AutoencoderTrainConfig
+    options = {k: v for k, v in locals().items() if k != "ctx"}
+    from vcomp.train.autoencoder import AutoencoderTrainConfig, run_is_decoder_only
     from vcomp.train.autoencoder import train_autoencoder as run
 
     console.set_quiet(quiet)
     command = _command_line(options, "train-autoencoder")
     from vcomp.errors import InputError
 
-    if apply_to is not None and not decoder_only:
+    if apply_to is not None and not (decoder_only or (resume and run_is_decoder_only(out))):
         raise InputError("--apply-to needs --decoder-only (a new encoder would invalidate the model's UNet)")
     if latent_noise < 0:
         raise InputError(f"--latent-noise must be 0 or more, got {latent_noise}")
@@ -280,7 +281,7 @@ def train_autoencoder(
                 bar.update(task, completed=info["step"],
                            description=f"autoencoder loss {info['loss']:.4f}")
 
-        summary = run(cfg, on_event=event)
+        summary = run(cfg, on_event=event, explicit=_given_on_the_command_line(ctx, options))
     if apply_to is not None:
         from vcomp.train.autoencoder import load_autoencoder
         from vcomp.weights.embedded import with_decoder
@@ -292,6 +293,12 @@ def train_autoencoder(
     else:
         console.log(f"step {summary['step']}: held-out PSNR {summary['psnr_db']:.1f} dB, scaling factor "
                     f"{summary['scaling_factor']:.3f}; exported to {summary['export']}")
+
+
+def _given_on_the_command_line(ctx: typer.Context, options: dict) -> set[str]:
+    """The options the user typed (not defaults): a resumed run keeps its own values for the rest."""
+    sources = {name: ctx.get_parameter_source(name) for name in options}
+    return {name for name, source in sources.items() if source is not None and source.name != "DEFAULT"}
 
 
 REFINER_EPILOG = """

@@ -256,8 +256,50 @@ def load_autoencoder(folder: str | os.PathLike):
     return vae.eval().requires_grad_(False), record
 
 
-def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
-    """Train (or resume) and export to `cfg.out/export`. Returns a summary dict."""
+#: a phase's recipe: a resume keeps the run's values unless given again (which is how a run changes
+#: phase, e.g. `--resume --steps 9000 --batch 8 --crop 64` after crop-32 steps)
+RECIPE_FIELDS = ("steps", "batch", "crop", "size", "lr", "warmup", "min_lr_ratio", "kl_weight", "grad_weight",
+                 "seed", "ckpt_every", "log_every", "object_weight", "latent_noise")
+
+
+def resumed_config(cfg: AutoencoderTrainConfig, saved: dict, out: str | os.PathLike,
+                   explicit: set[str] | None = None) -> AutoencoderTrainConfig:
+    """`cfg` for resuming the run whose config was `saved`. What the run *is* (its latent width,
+    its --init, whether only the decoder trains) always comes from the run: resuming a decoder-only
+    run without repeating --decoder-only must not train its encoder and so silently invalidate
+    every UNet trained in its latent space. Recipe fields come from `cfg` where `explicit` names
+    them (None: where `cfg` differs from the defaults), otherwise from the run."""
+    if explicit is None:
+        defaults = AutoencoderTrainConfig()
+        explicit = {k for k in RECIPE_FIELDS if getattr(cfg, k) != getattr(defaults, k)}
+    recipe = {k: saved[k] for k in RECIPE_FIELDS if k not in explicit and k in saved}
+    saved_vae = saved.get("vae") or {}
+    if cfg.vae and cfg.vae != saved_vae:
+        raise InputError(f"{out} was started with autoencoder options {saved_vae or 'the defaults'}, not {cfg.vae}; "
+                         "resume it without them, or choose another --out")
+    saved_init = saved.get("init")
+    if cfg.init is not None and (saved_init is None or Path(cfg.init).expanduser() != Path(saved_init).expanduser()):
+        raise InputError(f"{out} was started {f'from --init {saved_init}' if saved_init else 'fresh'}, "
+                         f"not from {cfg.init}; resume it without --init, or choose another --out")
+    if cfg.decoder_only and not saved.get("decoder_only"):
+        raise InputError(f"{out} trains the whole autoencoder; --decoder-only cannot start mid-run "
+                         "(start a new run with --init its export --decoder-only)")
+    return replace(cfg, **recipe, vae=saved_vae, init=saved_init, decoder_only=bool(saved.get("decoder_only")))
+
+
+def run_is_decoder_only(out: str | os.PathLike) -> bool | None:
+    """Whether the run in `out` trains only the decoder; None when there is no run there yet."""
+    from vcomp.train.checkpoint import find_checkpoint, load_checkpoint
+
+    existing = find_checkpoint(Path(out).expanduser())
+    if existing is None:
+        return None
+    return bool(load_checkpoint(existing, with_state=False).record["config"].get("decoder_only"))
+
+
+def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None, explicit: set[str] | None = None) -> dict:
+    """Train (or resume) and export to `cfg.out/export`. Returns a summary dict. On resume,
+    `explicit` names the recipe fields `cfg` sets (see `resumed_config`)."""
     from vcomp.train.checkpoint import find_checkpoint, load_checkpoint, save_module_checkpoint
     from vcomp.train.module_loop import run_module_steps
 
@@ -271,12 +313,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None) -> dict:
     if existing is not None and not cfg.resume:
         raise InputError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
     ckpt = load_checkpoint(existing) if existing is not None else None
-    if ckpt is not None:  # a resumed run keeps its own architecture (e.g. its --latent-channels)
-        saved = ckpt.record["config"].get("vae") or {}
-        if cfg.vae and cfg.vae != saved:
-            raise InputError(f"{out} was started with autoencoder options {saved or 'the defaults'}, not {cfg.vae}; "
-                             "resume it without them, or choose another --out")
-        cfg = replace(cfg, vae=saved)
+    if ckpt is not None:
+        cfg = resumed_config(cfg, ckpt.record["config"], out, explicit)
     vae, init_history = _build(cfg)
     fixed_scale = float(vae.config.scaling_factor) if cfg.decoder_only else None
     if cfg.decoder_only:
