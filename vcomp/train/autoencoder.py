@@ -278,7 +278,7 @@ def resumed_config(cfg: AutoencoderTrainConfig, saved: dict, out: str | os.PathL
         raise InputError(f"{out} was started with autoencoder options {saved_vae or 'the defaults'}, not {cfg.vae}; "
                          "resume it without them, or choose another --out")
     saved_init = saved.get("init")
-    if cfg.init is not None and (saved_init is None or Path(cfg.init).expanduser() != Path(saved_init).expanduser()):
+    if cfg.init is not None and (saved_init is None or Path(cfg.init).expanduser().resolve() != Path(saved_init).expanduser().resolve()):
         raise InputError(f"{out} was started {f'from --init {saved_init}' if saved_init else 'fresh'}, "
                          f"not from {cfg.init}; resume it without --init, or choose another --out")
     if cfg.decoder_only and not saved.get("decoder_only"):
