@@ -278,7 +278,8 @@ def resumed_config(cfg: AutoencoderTrainConfig, saved: dict, out: str | os.PathL
         raise InputError(f"{out} was started with autoencoder options {saved_vae or 'the defaults'}, not {cfg.vae}; "
                          "resume it without them, or choose another --out")
     saved_init = saved.get("init")
-    if cfg.init is not None and (saved_init is None or Path(cfg.init).expanduser().resolve() != Path(saved_init).expanduser().resolve()):
+    if cfg.init is not None and (saved_init is None or Path(cfg.init).expanduser().resolve()
+                                 != Path(saved_init).expanduser().resolve()):
         raise InputError(f"{out} was started {f'from --init {saved_init}' if saved_init else 'fresh'}, "
                          f"not from {cfg.init}; resume it without --init, or choose another --out")
     if cfg.decoder_only and not saved.get("decoder_only"):
@@ -289,12 +290,11 @@ def resumed_config(cfg: AutoencoderTrainConfig, saved: dict, out: str | os.PathL
 
 def run_is_decoder_only(out: str | os.PathLike) -> bool | None:
     """Whether the run in `out` trains only the decoder; None when there is no run there yet."""
-    from vcomp.train.checkpoint import find_checkpoint, load_checkpoint
+    from vcomp.train.checkpoint import find_checkpoint, read_record
 
-    existing = find_checkpoint(Path(out).expanduser())
-    if existing is None:
+    if find_checkpoint(out) is None:
         return None
-    return bool(load_checkpoint(existing, with_state=False).record["config"].get("decoder_only"))
+    return bool(read_record(out)[1]["config"].get("decoder_only"))
 
 
 def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None, explicit: set[str] | None = None) -> dict:

@@ -86,9 +86,9 @@ def find_checkpoint(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def load_checkpoint(path: str | os.PathLike, with_state: bool = True) -> Checkpoint:
-    from vcomp.weights.safe_load import load_state_dict
-
+def read_record(path: str | os.PathLike) -> tuple[Path, dict]:
+    """(checkpoint folder, its validated run record) without reading any weights: for questions
+    about a run (its config) asked before training it."""
     folder = find_checkpoint(path)
     if folder is None:
         raise InputError(f"{path}: no training checkpoint there ({CHECKPOINT_DIR}/{MODEL_FILE} + {RECORD_FILE})")
@@ -98,6 +98,13 @@ def load_checkpoint(path: str | os.PathLike, with_state: bool = True) -> Checkpo
         raise WeightsError(f"{folder / RECORD_FILE} is unreadable ({exc}); the checkpoint is damaged") from None
     if record.get("format") != FORMAT:
         raise WeightsError(f"{folder / RECORD_FILE}: format {record.get('format')!r}, expected {FORMAT!r}")
+    return folder, record
+
+
+def load_checkpoint(path: str | os.PathLike, with_state: bool = True) -> Checkpoint:
+    from vcomp.weights.safe_load import load_state_dict
+
+    folder, record = read_record(path)
     tensors = load_state_dict(folder / MODEL_FILE, what="training checkpoint")
     state = {}
     if with_state:
