@@ -7,8 +7,10 @@
 direction accuracy mixes two failures: wobbly tracks and wrong directions. This script re-reads
 the clips an eval wrote, fits a straight constant-velocity track to every object's centroid
 regardless of the residual, and counts how often the fitted direction is the prompted one among
-the scenes with a straight motion (chance: 1 in 8). The same fit on the rendered source clips is
-the baseline, measured in the same run.
+the scenes with a straight motion (chance: 1 in 8), with the mean `world_checks.direction_cosine`
+(partial credit for a neighbouring direction; chance 0; it also rescores eval folders written
+before the suite reported it). The same fit on the rendered source clips is the baseline,
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ def fitted_track(frames: np.ndarray) -> dict | None:
     speed (px/frame), wobble (residual / spread)."""
     from vcomp.evaluation import world_checks as W
 
-    fit = W.straight_fit(W.analyse_object(frames)["track"])
+    track = W.analyse_object(frames)["track"]
+    fit = W.straight_fit(track)
     if fit is None:
         return None
     return {"direction": fit["direction"], "speed": math.hypot(*fit["velocity"]),
-            "wobble": fit["residual"] / max(fit["spread"], 1e-6)}
+            "wobble": fit["residual"] / max(fit["spread"], 1e-6), "track": track, "width": frames.shape[2]}
 
 
 def main() -> None:
@@ -47,6 +50,7 @@ def main() -> None:
         return np.stack([frame for _, frame in iter_frames(args.folder / name)])
 
     counts = {"source": 0, args.task: 0}
+    cosines: dict[str, list[float]] = {"source": [], args.task: []}
     straight = 0
     for case in report["cases"]:
         want = case["object"]["direction"]
@@ -58,12 +62,16 @@ def main() -> None:
             fit = fitted_track(read(name))
             hit = fit is not None and fit["direction"] == want
             counts[kind] += hit
+            cosine = 0.0 if fit is None else W.direction_cosine(fit["track"], want, fit["width"])
+            cosines[kind].append(cosine)
             if kind == args.task and fit is not None:
                 print(f"{stem} want {want:10s} fitted {fit['direction']:10s} {fit['speed']:4.2f} px/frame "
-                      f"wobble {fit['wobble']:4.2f} {'ok' if hit else ''}")
+                      f"wobble {fit['wobble']:4.2f} cosine {cosine:+.2f} {'ok' if hit else ''}")
     print(f"straight-motion scenes: {straight}; fitted direction = prompt: "
           f"{args.task} {counts[args.task]} ({counts[args.task] / max(straight, 1):.2f}), "
-          f"source clips {counts['source']} ({counts['source'] / max(straight, 1):.2f}), chance 0.125")
+          f"source clips {counts['source']} ({counts['source'] / max(straight, 1):.2f}), chance 0.125; "
+          f"mean direction cosine: {args.task} {np.mean(cosines[args.task] or [0]):.2f}, "
+          f"source clips {np.mean(cosines['source'] or [0]):.2f}, chance 0")
 
 
 if __name__ == "__main__":

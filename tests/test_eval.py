@@ -52,6 +52,8 @@ def test_colour_shape_direction_are_exact_on_clean_renders(renders):
         assert W.shape_class(s.object_masks[:, 0]) == o.shape, s.caption
         assert W.direction_of_motion(s.tracks[0]) == o.direction, s.caption
         assert W.centroid_track(a["mask"]) == pytest.approx(s.tracks[0], abs=1.0)
+        cosine = W.direction_cosine(a["track"], o.direction)
+        assert (cosine is None) == (o.direction not in W.MOVING) and (cosine is None or cosine > 0.98), s.caption
     assert not wrong, wrong
     assert {s.scene.primary.shape for s in renders} == set(SHAPES)
     assert {s.scene.primary.direction for s in renders} == set(DIRECTIONS)
@@ -110,6 +112,24 @@ def test_direction_rules_on_synthetic_tracks():
     assert W.direction_of_motion(np.stack([32 + 6 * np.cos(angle), 32 + 6 * np.sin(angle)], 1)) == "in a circle"
     assert W.direction_of_motion(np.full((16, 2), 30.0) + np.random.default_rng(1).normal(0, 0.3, (16, 2))) == "still"
     assert W.direction_of_motion(np.full((16, 2), np.nan)) is None
+
+
+def test_direction_cosine_gives_partial_credit():
+    t = np.arange(16.0)[:, None]
+    noise = np.random.default_rng(2).normal(0, 0.2, (16, 2))
+    rightwards = 32 + 1.5 * t * np.array([1.0, 0.0]) + noise
+    assert W.direction_cosine(rightwards, "right") == pytest.approx(1.0, abs=0.02)
+    assert W.direction_cosine(rightwards, "left") == pytest.approx(-1.0, abs=0.02)
+    assert W.direction_cosine(rightwards, "up") == pytest.approx(0.0, abs=0.05)
+    # one of the 8 directions off: wrong for direction_of_motion, 0.71 here
+    assert W.direction_of_motion(rightwards) != "down-right"
+    assert W.direction_cosine(rightwards, "down-right") == pytest.approx(math.sqrt(0.5), abs=0.03)
+    # no motion read: no credit; a prompt without a straight direction: not scored
+    still = np.full((16, 2), 30.0) + noise
+    assert W.direction_cosine(still, "right") == 0.0
+    assert W.direction_cosine(np.full((16, 2), np.nan), "right") == 0.0
+    assert W.direction_cosine(rightwards, "still") is None
+    assert W.direction_cosine(rightwards, "in a circle") is None
 
 
 def test_depth_and_edge_agreement_follow_the_own_condition(renders):
@@ -214,8 +234,9 @@ def test_cases_are_deterministic_heldout_and_consistent():
 def test_aggregate_pass_fail_logic():
     def case(ok, mce, base, d, db, f1, f1b, psnr, style):
         return {"text": {"colour_ok": ok, "shape_ok": ok, "direction_ok": ok, "bg_ok": ok, "frame_consistency": 0.9,
-                         "motion_error": base},
+                         "motion_error": base, "direction_cosine": 0.5 if ok else None},
                 "motion": {"colour_ok": ok, "shape_ok": ok, "direction_ok": ok, "motion_error": mce,
+                           "direction_cosine": 1.0,
                            "baseline_motion_error": base, "frame_consistency": 0.9},
                 "depth": {"depth_order_agreement": d, "baseline": db, "frame_consistency": 0.9},
                 "sketch": {"f1": f1, "baseline": f1b, "frame_consistency": 0.9},
@@ -228,6 +249,8 @@ def test_aggregate_pass_fail_logic():
     rows = {(r["task"], r["metric"]): r for r in good}
     assert rows[("motion", "motion_error_ratio")]["value"] == pytest.approx(0.1)
     assert rows[("depth", "depth_order_agreement")]["baseline"] == pytest.approx(0.6)
+    assert rows[("text", "direction_cosine")]["value"] == pytest.approx(0.5)
+    assert rows[("text", "direction_cosine")]["n"] == 3 and rows[("text", "direction_cosine")]["passed"] is None
     bad = S.aggregate([case(True, 0.5, 1.0, 0.65, 0.6, 0.25, 0.2, 30.0, False)] * 3, S.TASKS)
     failed = {(r["task"], r["metric"]) for r in bad if r["passed"] is False}
     assert failed == {("motion", "motion_error_ratio"), ("depth", "depth_order_agreement"),

@@ -191,7 +191,8 @@ def score_case(case: Case, outputs: dict[str, np.ndarray], embedder) -> dict:
         a = W.analyse_object(frames)
         return {"colour": a["colour"], "shape": a["shape"], "direction": a["direction"], "bg_colour": a["bg_colour"],
                 "colour_ok": a["colour"] == obj.colour, "shape_ok": a["shape"] == obj.shape,
-                "direction_ok": a["direction"] == obj.direction, "bg_ok": a["bg_colour"] == scene.background.colour}
+                "direction_ok": a["direction"] == obj.direction, "bg_ok": a["bg_colour"] == scene.background.colour,
+                "direction_cosine": W.direction_cosine(a["track"], obj.direction, frames.shape[2])}
 
     if "text" in outputs:
         out["text"] = {**object_checks(outputs["text"]), "frame_consistency": consistency["text"],
@@ -264,6 +265,9 @@ def aggregate(per_case: list[dict], tasks: Sequence[str]) -> list[dict]:
             for check in checks:
                 name = "background_accuracy" if check == "bg" else f"{check}_accuracy"
                 rows.append(_row(task, name, _mean(col(task, f"{check}_ok")), n=n))
+            cosines = [v for v in col(task, "direction_cosine") if v is not None]
+            rows.append(_row(task, "direction_cosine", _mean(cosines), n=len(cosines),
+                             note="straight-motion scenes: cosine of fitted vs prompted direction; 1 = exact, 0 = none"))
         if task == "motion":
             err, base = _mean(col("motion", "motion_error")), _mean(col("motion", "baseline_motion_error"))
             rows.append(_row(task, "motion_control_error", err, base, n, "px/frame, mean over pixels and frames 1.."))
