@@ -199,7 +199,7 @@ TINY = ModelConfig(
     # 0.03 at t = 900 after 1,600 steps, 15x the trivial eps = x_t, and DDIM drifted to noise); with
     # v the pass-through is exact (eps = sqrt(ab) v + sqrt(1 - ab) x_t)
     prediction="v",
-    notes="Embedded model: 64 x 64 px video -> 8 x 8 x 8 latent (a 1 M-parameter AutoencoderKL "
+    notes="Embedded model: 64 x 64 px video -> 8 x 8 latent cells (a 1 M-parameter AutoencoderKL "
     "trained on the procedural world), 16 frames; UNet width 64 at 8/4/2 latent cells, attention at "
     "every level; 64-d colour-statistics style.",
 )
