@@ -23,17 +23,19 @@ from pathlib import Path
 import numpy as np
 
 
-def fitted_track(frames: np.ndarray) -> dict | None:
-    """Straight fit of the main object's centroid track (`world_checks.straight_fit`): direction,
-    speed (px/frame), wobble (residual / spread)."""
+def fitted_track(frames: np.ndarray, want: str) -> tuple[dict | None, float]:
+    """Straight fit of the main object's centroid track (`world_checks.straight_fit`: direction,
+    speed in px/frame, wobble = residual / spread; None without a track) and its
+    `world_checks.direction_cosine` against the prompted direction `want`."""
     from vcomp.evaluation import world_checks as W
 
     track = W.analyse_object(frames)["track"]
+    cosine = W.direction_cosine(track, want, frames.shape[2])
     fit = W.straight_fit(track)
     if fit is None:
-        return None
+        return None, cosine
     return {"direction": fit["direction"], "speed": math.hypot(*fit["velocity"]),
-            "wobble": fit["residual"] / max(fit["spread"], 1e-6), "track": track, "width": frames.shape[2]}
+            "wobble": fit["residual"] / max(fit["spread"], 1e-6)}, cosine
 
 
 def main() -> None:
@@ -59,10 +61,9 @@ def main() -> None:
         straight += 1
         stem = f"case{case['index']:03d}"
         for kind, name in (("source", f"{stem}_source.mp4"), (args.task, f"{stem}_{args.task}.mp4")):
-            fit = fitted_track(read(name))
+            fit, cosine = fitted_track(read(name), want)
             hit = fit is not None and fit["direction"] == want
             counts[kind] += hit
-            cosine = 0.0 if fit is None else W.direction_cosine(fit["track"], want, fit["width"])
             cosines[kind].append(cosine)
             if kind == args.task and fit is not None:
                 print(f"{stem} want {want:10s} fitted {fit['direction']:10s} {fit['speed']:4.2f} px/frame "

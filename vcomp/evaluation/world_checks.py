@@ -305,6 +305,11 @@ def straight_fit(track: np.ndarray) -> dict | None:
     return {"velocity": (float(vx), float(vy)), "spread": spread, "residual": residual, "direction": direction}
 
 
+def _reads_still(fit: dict, size: int) -> bool:
+    """A straight fit whose centroids stay within STILL_SPREAD (scaled from the 64 px reference)."""
+    return fit["spread"] < STILL_SPREAD * (size / REFERENCE_SIZE)
+
+
 def direction_of_motion(track: np.ndarray, size: int = REFERENCE_SIZE) -> str | None:
     """One of DIRECTIONS from a centroid track float [T,2] (x, y; NaN = object not found):
     "still" below a small spread, "in a circle" when the straight fit leaves a large residual,
@@ -312,7 +317,7 @@ def direction_of_motion(track: np.ndarray, size: int = REFERENCE_SIZE) -> str | 
     fit = straight_fit(track)
     if fit is None:
         return None
-    if fit["spread"] < STILL_SPREAD * (size / REFERENCE_SIZE):
+    if _reads_still(fit, size):
         return "still"
     if fit["residual"] > CIRCLE_RESIDUAL * fit["spread"]:
         return "in a circle"
@@ -330,7 +335,7 @@ def direction_cosine(track: np.ndarray, direction: str, size: int = REFERENCE_SI
     if direction not in MOVING or want is None:
         return None
     fit = straight_fit(track)
-    if fit is None or fit["spread"] < STILL_SPREAD * (size / REFERENCE_SIZE):
+    if fit is None or _reads_still(fit, size):
         return 0.0
     vx, vy = fit["velocity"]
     speed, norm = math.hypot(vx, vy), math.hypot(*want)
