@@ -304,8 +304,9 @@ def test_caption_contrast_adds_a_term_for_text_only_samples_with_a_direction(tmp
                              caption_contrast=3.0)).setup()
     g = torch.Generator().manual_seed(0)
     _, ids, style, _, drop = contrast._inputs(batch, 1, g, None)
-    rows, counter_ids = contrast._contrast_rows(batch, ids, style, drop)
+    rows, kinds, counter_ids = contrast._contrast_rows(batch, ids, style, drop)
     assert len(rows) == len(with_directions) and counter_ids.shape == (len(rows), ids.shape[1])
+    assert kinds == ["direction"] * len(rows)
     assert not torch.equal(counter_ids, ids[rows])
     # a sample that keeps a moving condition or the style is left out; the first image is kept in
     kept = torch.zeros(len(batch["caption"]))
@@ -320,6 +321,42 @@ def test_caption_contrast_adds_a_term_for_text_only_samples_with_a_direction(tmp
     assert b["loss"] > a["loss"]  # within the margin, the hinge is positive
     with pytest.raises(InputError, match="--caption-contrast"):
         Trainer(micro(tmp_path / "c", stage="1", steps=1, caption_contrast=-1.0)).setup()
+
+
+def test_caption_contrast_on_shape_takes_the_attributes_in_turn_and_only_where_no_condition_shows_the_object(tmp_path):
+    """--contrast-attributes direction,shape: a text-only sample is contrasted on direction and on
+    shape over consecutive steps (a circle or a still object, which have no reversed direction, on
+    shape every time); its counterfactual caption names another shape. Any kept condition shows the
+    object's shape, so such a sample is contrasted on direction only (the first image) or not at
+    all. An unknown attribute is a one-line input error."""
+    trainer = Trainer(micro(tmp_path / "a", stage="1", steps=1, min_snr_gamma=None, batch=4, caption_contrast=1.0,
+                            contrast_attributes="direction,shape")).setup()
+    batch = collate([trainer.dataset[r] for r in trainer.requests(0)])
+    g = torch.Generator().manual_seed(0)
+    _, ids, style, _, drop = trainer._inputs(batch, 1, g, None)
+    n = len(batch["caption"])
+    (rows0, kinds0, ids0), (rows1, kinds1, _) = (trainer._contrast_rows(batch, ids, style, drop, step) for step in (0, 1))
+    assert rows0 == rows1 == list(range(n))  # every caption has a shape to change
+    for i, (k0, k1) in enumerate(zip(kinds0, kinds1)):
+        has_direction = counterfactual_caption(batch["caption"][i], "direction") != batch["caption"][i]
+        assert {k0, k1} == ({"direction", "shape"} if has_direction else {"shape"})
+    i = kinds0.index("shape")
+    other = counterfactual_caption(batch["caption"][i], "shape")
+    assert other != batch["caption"][i]
+    assert torch.equal(ids0[rows0.index(i)], trainer.model.text.tokenize([other])[0][0].to(ids0.device))
+    kept = torch.zeros(n)
+    kept[0] = 1.0
+    rows, kinds, _ = trainer._contrast_rows(batch, ids, None, {"local_image": kept}, 0)
+    if counterfactual_caption(batch["caption"][0], "direction") == batch["caption"][0]:
+        assert 0 not in rows
+    else:
+        assert kinds[rows.index(0)] == "direction"
+    rows, _, _ = trainer._contrast_rows(batch, ids, None, {"depth": kept}, 0)
+    assert 0 not in rows
+    out = trainer.train_step(0, batch)
+    assert out["contrast_rows"] == n and set(out["contrast_gaps"]) == set(kinds0)
+    with pytest.raises(InputError, match="--contrast-attributes"):
+        Trainer(micro(tmp_path / "b", stage="1", steps=1, caption_contrast=1.0, contrast_attributes="size")).setup()
 
 
 def test_snr_floor_weighs_the_noisiest_steps_and_is_checked(tmp_path):

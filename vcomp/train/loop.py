@@ -101,7 +101,8 @@ class TrainConfig:
     snr_floor: float = 0.0  # lowest x0 weight of min-SNR weighting (raises the noisiest steps; 0: plain min-SNR)
     object_weight: float = 0.0  # extra loss weight on the latent cells the objects cover (world data; 0: plain mean)
     temporal_weight: float = 0.0  # weight of the frame-difference term (temporal_difference_loss; 0: off)
-    caption_contrast: float = 0.0  # weight of the reversed-direction caption term (caption_contrast_loss; 0: off)
+    caption_contrast: float = 0.0  # weight of the counterfactual-caption term (caption_contrast_loss; 0: off)
+    contrast_attributes: str = "direction"  # what the counterfactual captions change: direction, shape, colour (comma list)
     frames_curriculum: str = "16"  # "8,16" (even split of the steps) or "8:4000,16" (until step 4000)
     size_curriculum: str | None = None  # e.g. "32,64"; default: the preset's size (64 for tiny)
     simple_until: int = 0  # world data: steps before this one see simple scenes (one object, solid background)
@@ -264,6 +265,20 @@ STILL_CONDITIONS = ("local_image", "single_sketch")
 #: the loss with a counterfactual caption must exceed the true caption's by this fraction of it
 #: before `caption_contrast_loss` stops pushing them apart
 CONTRAST_MARGIN = 0.05
+
+
+#: caption attributes `--contrast-attributes` may change (synthetic.counterfactual_caption)
+CONTRAST_ATTRIBUTES = ("direction", "shape", "colour")
+
+
+def parse_contrast_attributes(text: str) -> tuple[str, ...]:
+    """'direction,shape' -> ("direction", "shape"); an unknown or empty list is an InputError."""
+    names = tuple(dict.fromkeys(n.strip() for n in str(text).split(",") if n.strip()))
+    bad = [n for n in names if n not in CONTRAST_ATTRIBUTES]
+    if bad or not names:
+        raise InputError(f"--contrast-attributes takes a comma list of {', '.join(CONTRAST_ATTRIBUTES)} "
+                         f"(got {text!r})")
+    return names
 
 
 def caption_contrast_loss(true_loss: torch.Tensor, counter_loss: torch.Tensor,
@@ -570,6 +585,7 @@ class Trainer:
                             ("--caption-contrast", cfg.caption_contrast), ("--simple-until", cfg.simple_until)):
             if not value >= 0:
                 raise InputError(f"{flag} must be 0 or more (got {value})")
+        parse_contrast_attributes(cfg.contrast_attributes)
         if cfg.snr_floor and (cfg.min_snr_gamma is None or not 0 < cfg.snr_floor <= cfg.min_snr_gamma):
             raise InputError(f"--snr-floor must be between 0 and the min-SNR gamma ({cfg.min_snr_gamma}), "
                              f"got {cfg.snr_floor}; it needs --min-snr above 0")
@@ -642,29 +658,42 @@ class Trainer:
         ids = self.model.text.tokenize(captions)[0].to(dev)
         return latent, ids, style, conditions, drop
 
-    def _contrast_rows(self, batch: dict, ids: torch.Tensor, style, drop) -> tuple[list[int], torch.Tensor | None]:
-        """The samples this step sees with no other word on how things move than their caption (text
-        kept; the style and every condition but STILL_CONDITIONS dropped, or stage 1) whose caption
-        names a direction, and the token ids of those captions with every direction reversed
-        (`caption_contrast_loss`)."""
+    def _contrast_rows(self, batch: dict, ids: torch.Tensor, style, drop,
+                       step: int = 0) -> tuple[list[int], list[str], torch.Tensor | None]:
+        """The samples whose caption is this step's only word on one of `contrast_attributes`, the
+        attribute each one is contrasted on, and the token ids of its caption with that attribute
+        changed (`caption_contrast_loss`). Text must be kept. Direction: no moving condition and no
+        style (STILL_CONDITIONS show one frame, so say nothing of it); shape and colour: no condition
+        and no style at all (every condition shows the object). A sample that qualifies for several
+        attributes takes them in turn over the steps."""
         from vcomp.model.embedders import PAD
         from vcomp.train.synthetic import counterfactual_caption
 
+        attributes = parse_contrast_attributes(self.cfg.contrast_attributes)
         text_kept = (ids != self.model.text.index[PAD]).sum(dim=1) > 2  # more than <bos> <eos>
-        rows, captions = [], []
+        rows, chosen, captions = [], [], []
         for i, text in enumerate(batch["caption"]):
-            moving = drop is not None and any(float(v[i]) > 0 for k, v in drop.items() if k not in STILL_CONDITIONS)
-            conditioned = moving or (style is not None and bool(style[i].abs().sum() > 0))
-            if not text_kept[i] or conditioned:
+            if not text_kept[i]:
                 continue
-            try:
-                other = counterfactual_caption(text, "direction")
-            except ValueError:  # not a world caption (folder data)
-                continue
-            if other != text:
+            kept = set() if drop is None else {k for k, v in drop.items() if float(v[i]) > 0}
+            styled = style is not None and bool(style[i].abs().sum() > 0)
+            options = []
+            for attribute in attributes:
+                shown = styled or (bool(kept - set(STILL_CONDITIONS)) if attribute == "direction" else bool(kept))
+                if shown:
+                    continue
+                try:
+                    other = counterfactual_caption(text, attribute)
+                except ValueError:  # not a world caption (folder data)
+                    break
+                if other != text:  # circles and still objects have no reversed direction
+                    options.append((attribute, other))
+            if options:
+                attribute, other = options[(step + i) % len(options)]
                 rows.append(i)
+                chosen.append(attribute)
                 captions.append(other)
-        return rows, (self.model.text.tokenize(captions)[0].to(ids.device) if rows else None)
+        return rows, chosen, (self.model.text.tokenize(captions)[0].to(ids.device) if rows else None)
 
     def _autocast(self):
         import contextlib
@@ -684,7 +713,8 @@ class Trainer:
         x_t = self.scheduler.add_noise(latent, noise, t.to(dev))
         self.ddp.train()
         kind = self.model_cfg.prediction
-        rows, counter_ids = self._contrast_rows(batch, ids, style, drop) if cfg.caption_contrast else ([], None)
+        rows, kinds, counter_ids = (self._contrast_rows(batch, ids, style, drop, step) if cfg.caption_contrast
+                                    else ([], [], None))
         x_in, t_in, ids_in, style_in, cond_in, drop_in = x_t, t, ids, style, conditions, drop
         if rows:  # the counterfactual captions ride in the same forward pass (one DDP call per step)
             sel = torch.tensor(rows, device=dev)
@@ -712,11 +742,13 @@ class Trainer:
             weighted = weighted + cfg.temporal_weight * temporal
         weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma, kind, cfg.snr_floor).to(dev)
         loss = (weighted * weights).mean()
-        gap = None
+        gap, gaps = None, {}
         if rows:
             counter = weighted_mean((counter_pred.float() - goal[sel]).pow(2), cells[sel] if cells is not None else None)
             loss = loss + cfg.caption_contrast * (caption_contrast_loss(plain[sel], counter) * weights[sel]).sum() / b
-            gap = float(((counter - plain[sel]) / plain[sel].clamp_min(1e-12)).detach().mean())
+            rel = ((counter - plain[sel]) / plain[sel].clamp_min(1e-12)).detach()
+            gap = float(rel.mean())
+            gaps = {k: round(float(rel[[j for j, x in enumerate(kinds) if x == k]].mean()), 4) for k in sorted(set(kinds))}
 
         lr = self.schedule.lr_at(step)
         for group in self.optimizer.param_groups:
@@ -728,7 +760,7 @@ class Trainer:
         ema_update(self.ema_model, self.model, min(cfg.ema, (1 + step) / (10 + step)))
         return {"loss": float(loss.detach()), "mse": float(per_sample.detach().mean()),
                 "temporal_mse": None if temporal is None else float(temporal.detach().mean()),
-                "contrast_gap": gap, "contrast_rows": len(rows),
+                "contrast_gap": gap, "contrast_gaps": gaps, "contrast_rows": len(rows),
                 "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr, "stage": stage,
                 "frames": latent.shape[2], "size": int(batch["video"].shape[-1])}
 
@@ -935,6 +967,8 @@ class Trainer:
                              "temporal_mse": out["temporal_mse"] and round(out["temporal_mse"], 6),
                              **({"contrast_gap": out["contrast_gap"] and round(out["contrast_gap"], 4)}
                                 if cfg.caption_contrast else {}),
+                             **({"contrast_gaps": out["contrast_gaps"]}
+                                if cfg.caption_contrast and cfg.contrast_attributes != "direction" else {}),
                              "grad_norm": out["grad_norm"] and round(out["grad_norm"], 4), "lr": out["lr"],
                              "frames": out["frames"], "size": out["size"],
                              **({"simple": schedule.simple_at(step - 1)} if schedule.simple_until else {}),
