@@ -236,7 +236,7 @@ def test_aggregate_pass_fail_logic():
         return {"text": {"colour_ok": ok, "shape_ok": ok, "direction_ok": ok, "bg_ok": ok, "frame_consistency": 0.9,
                          "motion_error": base, "direction_cosine": 0.5 if ok else None},
                 "motion": {"colour_ok": ok, "shape_ok": ok, "direction_ok": ok, "motion_error": mce,
-                           "direction_cosine": 1.0,
+                           "direction_cosine": 1.0, "reconstruction_motion_error": 0.25 * base,
                            "baseline_motion_error": base, "frame_consistency": 0.9},
                 "depth": {"depth_order_agreement": d, "baseline": db, "frame_consistency": 0.9},
                 "sketch": {"f1": f1, "baseline": f1b, "frame_consistency": 0.9},
@@ -248,6 +248,8 @@ def test_aggregate_pass_fail_logic():
     assert sum(r["passed"] is not None for r in good) == len(S.TARGETS)
     rows = {(r["task"], r["metric"]): r for r in good}
     assert rows[("motion", "motion_error_ratio")]["value"] == pytest.approx(0.1)
+    floor = rows[("motion", "reconstruction_ratio")]  # a reference: no target of its own
+    assert floor["value"] == pytest.approx(0.25) and floor["passed"] is None
     assert rows[("depth", "depth_order_agreement")]["baseline"] == pytest.approx(0.6)
     assert rows[("text", "direction_cosine")]["value"] == pytest.approx(0.5)
     assert rows[("text", "direction_cosine")]["n"] == 3 and rows[("text", "direction_cosine")]["passed"] is None
@@ -288,6 +290,8 @@ def test_eval_cli_smoke_json(tmp_path, monkeypatch, capsys):
     print_table(report)
     table = capsys.readouterr().out
     assert "colour_accuracy" in table and "motion_error_ratio" in table and "pass" in table
+    assert "reconstruction_ratio" in table and "…" not in table  # nothing cut off on 80 columns
+    assert report["cases"][0]["scores"]["motion"]["reconstruction_motion_error"] >= 0
     assert f"guidance={report['guidance']:g}" in table  # results at another w are not comparable
     # same seed, same scenes
     assert [c["caption"] for c in report["cases"]] == [S.make_case(0, i, 64, 4).sample.caption for i in range(2)]

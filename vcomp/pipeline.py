@@ -215,6 +215,22 @@ class Pipeline:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def reconstruct(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 frames [T,H,W,3] through the model's latent space (encode, then decode as `generate`
+        does, refiner included). Why: what survives this round trip bounds what any sampled video can
+        show; `vcomp eval` measures the motion a perfect UNet could at best give back this way."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise InputError(f"reconstruct takes uint8 frames [T,H,W,3], got {frames.dtype} {list(frames.shape)}")
+        factor = self.autoencoder.factor
+        if frames.shape[1] % factor or frames.shape[2] % factor:
+            raise InputError(f"frame size {frames.shape[2]}x{frames.shape[1]} must be a multiple of {factor} px")
+        video = torch.from_numpy(frames).to(self.device).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+        with torch.inference_mode(), self._autocast():
+            out = self.autoencoder.decode(self.autoencoder.encode(video)).float()
+        out = ((out[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return out.permute(1, 2, 3, 0).cpu().numpy()
+
     def encode_text(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
         """Prompt(s) -> (tokens [B, L, context_dim] float32 on the device, unknown words)."""
         if hasattr(self.text_encoder, "encode_text"):

@@ -104,8 +104,9 @@ def print_table(report: dict) -> None:
              f"guidance={guidance_label(report)} model={report['model']['preset']} "
              f"frame embedder={report['frame_embedder']}")
     table = Table(title=title, title_justify="left")
-    for column in ("task", "metric", "value", "baseline", "target", "pass"):
-        table.add_column(column, no_wrap=column in ("task", "metric", "target"))
+    for column in ("task", "metric", "value", "baseline", "target", "pass"):  # on 80 columns, the target wraps
+        table.add_column(column, no_wrap=column != "target", overflow="fold" if column == "target" else "ellipsis",
+                         min_width={"value": 5, "baseline": 5, "pass": 4}.get(column))
     notes = []
     for row in report["metrics"]:
         mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: ""}[row["passed"]]

@@ -228,6 +228,16 @@ def score_case(case: Case, outputs: dict[str, np.ndarray], embedder) -> dict:
     return out
 
 
+def reconstruction_motion_error(pipeline, case: Case) -> float:
+    """Motion-control error of the case's own source clip after a round trip through the model's
+    latent space (`Pipeline.reconstruct`). Why: the motion task's error cannot fall below what the
+    autoencoder gives back of a clip whose latents are exactly right, so this is its floor."""
+    from vcomp.evaluation.metrics import motion_control_error
+    from vcomp.train.synthetic import FPS
+
+    return motion_control_error(pipeline.reconstruct(case.sample.frames), case.sample.motion, FPS)
+
+
 # ----------------------------------------------------------------------------------------------
 # aggregation
 # ----------------------------------------------------------------------------------------------
@@ -273,6 +283,10 @@ def aggregate(per_case: list[dict], tasks: Sequence[str]) -> list[dict]:
             rows.append(_row(task, "motion_control_error", err, base, n, "px/frame, mean over pixels and frames 1.."))
             ratio = err / base if err is not None and base else None
             rows.append(_row(task, "motion_error_ratio", ratio, None, n, "error with / without the motion condition"))
+            floor = _mean(col("motion", "reconstruction_motion_error"))
+            if floor is not None:
+                rows.append(_row(task, "reconstruction_ratio", floor / base if base else None, None, n,
+                                 "the source clips through the latent space: the lowest ratio it allows"))
         if task == "depth":
             value, base = _mean(col(task, "depth_order_agreement")), _mean(col(task, "baseline"))
             wins = _mean([a > b for a, b in zip(col(task, "depth_order_agreement"), col(task, "baseline"), strict=True)])
@@ -359,6 +373,8 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
                 progress(done, total)
         t0 = time.perf_counter()
         scores = score_case(case, outputs, embedder)
+        if "motion" in scores:
+            scores["motion"]["reconstruction_motion_error"] = reconstruction_motion_error(pipeline, case)
         score_s += time.perf_counter() - t0
         per_case.append(scores)
         used_guidance.append(used)
