@@ -188,3 +188,9 @@ def test_a_unet_fine_tune_of_a_refined_model_keeps_its_refiner(model_dir, tmp_pa
     # and so does the record of how it was trained, at the top level where `vcomp models` reads it
     assert emb.record["training"]["refiner"] == load_embedded(refined).record["training"]["refiner"]
     assert emb.record["training"]["refiner"]["steps"] == TINY["steps"]
+    # one hop further: a run whose --init is that run's checkpoint folder, not its export
+    train(TrainConfig(out=str(tmp_path / "next"), init=str(run), steps=1, export=str(tmp_path / "next_export"),
+                      **fast))
+    hop = load_embedded(tmp_path / "next_export")
+    assert all(torch.equal(hop.autoencoder.refiner.state_dict()[k], v) for k, v in trained.items())
+    assert hop.record["training"]["refiner"] == emb.record["training"]["refiner"]

@@ -133,6 +133,17 @@ class InitWeights:
     refiner: dict[str, torch.Tensor] = field(default_factory=dict)  # its temporal refiner's weights, if any
 
 
+def _kept_autoencoder_records(rec: dict) -> dict:
+    """The `decoder` and `refiner` training records a run's checkpoint inherited from its own
+    --init model, when the run kept that model's autoencoder (as `vcomp train` does). Why: a run
+    started from this checkpoint exports the same decoder and refiner, so it must still be able
+    to say how they were trained (an embedded --init carries them at the top of its record)."""
+    init = rec.get("init_history") or {}
+    if init.get("autoencoder") != rec.get("autoencoder_history"):
+        return {}
+    return {k: init[k] for k in ("decoder", "refiner") if init.get(k) is not None}
+
+
 def load_init(path: str | os.PathLike) -> InitWeights:
     """Weights to start from: a run / checkpoint folder (EMA weights) or an embedded model."""
     from vcomp.weights.files import embedded_paths
@@ -144,7 +155,8 @@ def load_init(path: str | os.PathLike) -> InitWeights:
         prefix = "ema." if any(k.startswith("ema.") for k in ckpt.tensors) else ""
         history = {"steps": ckpt.step, "commands": [s.get("command") for s in rec.get("sessions", [])],
                    "wall_time_s": rec.get("wall_time_s"), "config": rec.get("config"),
-                   "init": rec.get("init_history"), "autoencoder": rec.get("autoencoder_history")}
+                   "init": rec.get("init_history"), "autoencoder": rec.get("autoencoder_history"),
+                   **_kept_autoencoder_records(rec)}
         return InitWeights(ckpt.weights(prefix + "unet."), ckpt.weights(prefix + "text."), rec["model"],
                            rec["text_encoder"], f"{ckpt.path} ({'EMA' if prefix else 'raw'} weights, step {ckpt.step})",
                            history, rec.get("autoencoder"), ckpt.weights("vae."), rec.get("init_sampling"),
