@@ -55,6 +55,12 @@ class GenerationResult:
         return {"shape": list(self.frames.shape), **self.info}
 
 
+def _uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """The first clip of a decoded batch [B, 3, T, H, W] in [-1, 1] as uint8 frames [T, H, W, 3]."""
+    out = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return out.permute(1, 2, 3, 0).cpu().numpy()
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -227,9 +233,7 @@ class Pipeline:
             raise InputError(f"frame size {frames.shape[2]}x{frames.shape[1]} must be a multiple of {factor} px")
         video = torch.from_numpy(frames).to(self.device).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
         with torch.inference_mode(), self._autocast():
-            out = self.autoencoder.decode(self.autoencoder.encode(video)).float()
-        out = ((out[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return out.permute(1, 2, 3, 0).cpu().numpy()
+            return _uint8_frames(self.autoencoder.decode(self.autoencoder.encode(video)))
 
     def encode_text(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
         """Prompt(s) -> (tokens [B, L, context_dim] float32 on the device, unknown words)."""
@@ -365,8 +369,7 @@ class Pipeline:
                 video = ae.decode(latent).float()
             if hole is not None and keep_known in ("pixels", "both"):
                 video = hole * video + (1.0 - hole) * source
-            out = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            frames_out = out.permute(1, 2, 3, 0).cpu().numpy()  # [T, H, W, 3]
+            frames_out = _uint8_frames(video)
             timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - start
 

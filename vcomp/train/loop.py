@@ -585,7 +585,7 @@ class Trainer:
                             ("--caption-contrast", cfg.caption_contrast), ("--simple-until", cfg.simple_until)):
             if not value >= 0:
                 raise InputError(f"{flag} must be 0 or more (got {value})")
-        parse_contrast_attributes(cfg.contrast_attributes)
+        self.contrast_attributes = parse_contrast_attributes(cfg.contrast_attributes)
         if cfg.snr_floor and (cfg.min_snr_gamma is None or not 0 < cfg.snr_floor <= cfg.min_snr_gamma):
             raise InputError(f"--snr-floor must be between 0 and the min-SNR gamma ({cfg.min_snr_gamma}), "
                              f"got {cfg.snr_floor}; it needs --min-snr above 0")
@@ -669,7 +669,6 @@ class Trainer:
         from vcomp.model.embedders import PAD
         from vcomp.train.synthetic import counterfactual_caption
 
-        attributes = parse_contrast_attributes(self.cfg.contrast_attributes)
         text_kept = (ids != self.model.text.index[PAD]).sum(dim=1) > 2  # more than <bos> <eos>
         rows, chosen, captions = [], [], []
         for i, text in enumerate(batch["caption"]):
@@ -678,7 +677,7 @@ class Trainer:
             kept = set() if drop is None else {k for k, v in drop.items() if float(v[i]) > 0}
             styled = style is not None and bool(style[i].abs().sum() > 0)
             options = []
-            for attribute in attributes:
+            for attribute in self.contrast_attributes:
                 shown = styled or (bool(kept - set(STILL_CONDITIONS)) if attribute == "direction" else bool(kept))
                 if shown:
                     continue
@@ -968,7 +967,7 @@ class Trainer:
                              **({"contrast_gap": out["contrast_gap"] and round(out["contrast_gap"], 4)}
                                 if cfg.caption_contrast else {}),
                              **({"contrast_gaps": out["contrast_gaps"]}
-                                if cfg.caption_contrast and cfg.contrast_attributes != "direction" else {}),
+                                if cfg.caption_contrast and self.contrast_attributes != ("direction",) else {}),
                              "grad_norm": out["grad_norm"] and round(out["grad_norm"], 4), "lr": out["lr"],
                              "frames": out["frames"], "size": out["size"],
                              **({"simple": schedule.simple_at(step - 1)} if schedule.simple_until else {}),
