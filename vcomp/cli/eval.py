@@ -24,7 +24,7 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Picks the scenes and the generation noise; the same seed gives the same suite."),
     n: int = typer.Option(50, "--n", help="Number of held-out scenes."),
     steps: int = typer.Option(50, "--steps", help="DDIM sampling steps per generation."),
-    guidance: float = typer.Option(None, "--guidance", "-w", help="Guidance weight. Default: the model's (9.0 published; the shipped embedded model's 4.0, or 6.0 when a style is guided; `vcomp models` shows it)."),
+    guidance: float = typer.Option(None, "--guidance", "-w", help="Guidance weight. Default: the model's (9.0 published; the shipped embedded model's 4.0, or 16.0 when a style is guided; `vcomp models` shows it)."),
     tasks: str = typer.Option(None, "--tasks", help="Comma-separated: text,motion,depth,sketch,inpaint,style. Default: all."),
     frames: int = typer.Option(16, "--frames", help="Frames per scene and generation."),
     inpaint_keep: str = typer.Option("both", "--inpaint-keep", help="Inpainting task: both (as `vcomp inpaint`: the source is pasted back outside the mask) or latent (measures the model's own preservation of the outside)."),

@@ -17,7 +17,7 @@ from vcomp.cli import console
 OUTPUT = typer.Option(None, "-o", "--output", help="Output: .mp4 (H.264), .gif or a folder name (PNG frames). A contact sheet OUT.png and a JSON sidecar OUT.json are written beside it. Default: <command>.mp4.")
 SEED = typer.Option(0, "--seed", help="Random seed; the same seed on the same device gives the same video.")
 STEPS = typer.Option(50, "--steps", help="DDIM sampling steps.")
-GUIDANCE = typer.Option(None, "--guidance", "-w", help="Guidance weight w in eps = eps(c1) + w (eps(c2) - eps(c1)). Default: the model's (9.0 published; the shipped embedded model's 4.0, or 6.0 when a style is guided; `vcomp models` shows it).", show_default=False)
+GUIDANCE = typer.Option(None, "--guidance", "-w", help="Guidance weight w in eps = eps(c1) + w (eps(c2) - eps(c1)). Default: the model's (9.0 published; the shipped embedded model's 4.0, or 16.0 when a style is guided; `vcomp models` shows it).", show_default=False)
 GUIDE = typer.Option(None, "--guide", help="Conditions the guidance pushes towards (dropped in the unconditional pass), e.g. text,motion. Default: text (+ style when given).")
 ETA = typer.Option(0.0, "--eta", help="DDIM eta (0 = deterministic sampling).")
 NEGATIVE = typer.Option("", "--negative-prompt", help="Text for the unconditional pass.")
