@@ -307,12 +307,13 @@ def test_a_resumed_decoder_only_run_keeps_its_init_and_frozen_encoder(vae_run, t
     dec = tmp_path / "dec"
     common = ["--out", str(dec), "--batch", "2", "--crop", "32", "--size", "32", "--threads", "1", "-q"]
     assert main(["train-autoencoder", "--init", str(out / "export"), "--decoder-only", "--steps", "2",
-                 "--object-weight", "4", "--latent-noise", "0.1", "--lr", "5e-4", *common]) == 0
+                 "--object-weight", "4", "--grad-weight", "2", "--latent-noise", "0.1", "--lr", "5e-4", *common]) == 0
     assert main(["train-autoencoder", "--resume", "--steps", "4", "--apply-to", str(tmp_path / "model"), *common]) == 0
     tuned, record = load_autoencoder(dec / "export")
     assert record["training"]["steps"] == 4
     recipe = record["training"]["config"]  # the phase's recipe is the run's unless given again
-    assert (recipe["object_weight"], recipe["latent_noise"], recipe["lr"], recipe["decoder_only"]) == (4, 0.1, 5e-4, True)
+    assert (recipe["object_weight"], recipe["grad_weight"], recipe["latent_noise"], recipe["lr"],
+            recipe["decoder_only"]) == (4, 2, 0.1, 5e-4, True)
     old, new = base.state_dict(), tuned.state_dict()
     changed = {k for k in old if not torch.equal(old[k], new[k])}
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)

@@ -370,9 +370,9 @@ def test_bad_train_json_is_one_line_and_starts_nothing(flag, value, says, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-def test_negative_latent_noise_is_one_line_and_starts_nothing(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "train-autoencoder", "--latent-noise", "-0.1", "--out", tmp_path / "vae",
-                             "--steps", 1)
+@pytest.mark.parametrize("flag", ["--latent-noise", "--grad-weight"])
+def test_negative_autoencoder_weight_is_one_line_and_starts_nothing(flag, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train-autoencoder", flag, "-0.1", "--out", tmp_path / "vae", "--steps", 1)
     assert_one_line_error(code, out, err, 2)
-    assert "--latent-noise" in err
+    assert flag in err
     assert not (tmp_path / "vae").exists()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vcomp.engine import Branch, denoise, get_scheduler, make_eps_fn
-from vcomp.engine.parameterization import default_alphas_cumprod, min_snr_weights, target, to_eps
+from vcomp.engine.parameterization import default_alphas_cumprod, min_snr_weights, target, to_eps, to_x0
 
 
 def _sample(seed=0, b=3):
@@ -29,6 +29,16 @@ def test_a_perfect_v_prediction_gives_the_exact_noise():
     assert torch.equal(to_eps(noise, x_t, t, "eps"), noise)
     with pytest.raises(ValueError, match="unknown prediction"):
         to_eps(v, x_t, t, "x0")
+
+
+def test_to_x0_gives_back_the_clean_sample_of_a_perfect_prediction():
+    x0, noise, t, x_t = _sample()
+    for kind in ("v", "eps"):
+        assert torch.allclose(to_x0(target(x0, noise, t, kind), x_t, t, kind), x0, atol=2e-3)
+    wrong = to_x0(target(x0, noise, t, "v") + 0.1, x_t, t, "v")
+    assert not torch.allclose(wrong, x0, atol=0.05)
+    with pytest.raises(ValueError, match="unknown prediction"):
+        to_x0(noise, x_t, t, "x0")
 
 
 def test_v_error_reaches_x0_unamplified_at_high_noise():

@@ -24,6 +24,7 @@ from vcomp.train.loop import (
     TrainConfig,
     Trainer,
     caption_contrast_loss,
+    decoded_x0_loss,
     focus_weights,
     parse_curriculum,
     temporal_difference_loss,
@@ -269,18 +270,68 @@ def test_temporal_difference_loss_ignores_shared_errors_and_weighs_changing_ones
     assert temporal_difference_loss(torch.ones(2, 3, 1, 4, 4)).tolist() == [0.0, 0.0]
 
 
+def _steps_without_and_with(tmp_path, **term):
+    """One stage-1 step of a plain micro run and one of a run with `term` set, on the same batch."""
+    plain = Trainer(micro(tmp_path / "a", stage="1", steps=1, min_snr_gamma=None)).setup()
+    batch = collate([plain.dataset[r] for r in plain.requests(0)])
+    other = Trainer(micro(tmp_path / "b", stage="1", steps=1, min_snr_gamma=None, **term)).setup()
+    return plain.train_step(0, batch), other.train_step(0, batch)
+
+
 def test_temporal_weight_adds_the_frame_difference_term(tmp_path):
     """With --temporal-weight the step's loss grows by the logged frame-difference term (the
     unweighted MSE is unchanged); a negative weight is a one-line input error."""
-    plain = Trainer(micro(tmp_path / "a", stage="1", steps=1, min_snr_gamma=None)).setup()
-    batch = collate([plain.dataset[r] for r in plain.requests(0)])
-    temporal = Trainer(micro(tmp_path / "b", stage="1", steps=1, min_snr_gamma=None, temporal_weight=2.0)).setup()
-    a, b = plain.train_step(0, batch), temporal.train_step(0, batch)
+    a, b = _steps_without_and_with(tmp_path, temporal_weight=2.0)
     assert a["temporal_mse"] is None and b["temporal_mse"] > 0
     assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)
     assert b["loss"] == pytest.approx(a["loss"] + 2.0 * b["temporal_mse"], rel=1e-4)
     with pytest.raises(InputError, match="--temporal-weight"):
         Trainer(micro(tmp_path / "c", stage="1", steps=1, temporal_weight=-1.0)).setup()
+
+
+def _tiny_kl_autoencoder():
+    from diffusers import AutoencoderKL
+
+    from vcomp.model.autoencoder import KLAutoencoder
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1, sample_size=16)
+    return KLAutoencoder(vae)
+
+
+def test_decoded_x0_loss_compares_decoded_frames_and_trains_only_what_feeds_the_latent():
+    """Zero for the true latent; an error in the latent costs what it changes in the decoded
+    pixels, more on object pixels; gradients reach the predicted latent, never the frozen decoder."""
+    ae = _tiny_kl_autoencoder()
+    g = torch.Generator().manual_seed(1)
+    latent = torch.randn(2, 4, 2, 8, 8, generator=g)
+    assert decoded_x0_loss(ae, latent.clone(), latent, None, 0.0).abs().max() < 1e-6
+    x0 = (latent + 0.5 * torch.randn(latent.shape, generator=g)).requires_grad_(True)
+    plain = decoded_x0_loss(ae, x0, latent, None, 0.0)
+    assert plain.shape == (2,) and (plain > 0).all()
+    plain.sum().backward()
+    assert x0.grad is not None and x0.grad.abs().sum() > 0
+    assert all(p.grad is None for p in ae.parameters())
+    # an error confined to the top-left latent cell: weighting the pixels it decodes to raises the mean
+    local = latent.clone()
+    local[:, :, :, 0, 0] += 2.0
+    focus = torch.zeros(2, 1, 2, 16, 16)
+    focus[..., :4, :4] = 1.0
+    assert (decoded_x0_loss(ae, local, latent, focus, 8.0) > 2 * decoded_x0_loss(ae, local, latent, None, 0.0)).all()
+
+
+def test_pixel_weight_adds_the_decoded_term(tmp_path):
+    """With --pixel-weight the step logs the decoded-x0 L1 and its loss exceeds the plain one by
+    at most weight x that L1 (the term is SNR-weighted, <= 1 per sample); the MSE is unchanged.
+    A negative weight is a one-line input error."""
+    a, b = _steps_without_and_with(tmp_path, pixel_weight=3.0)
+    assert a["pixel_l1"] is None and b["pixel_l1"] > 0
+    assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)
+    assert a["loss"] < b["loss"] <= a["loss"] + 3.0 * b["pixel_l1"] * (1 + 1e-4)
+    with pytest.raises(InputError, match="--pixel-weight"):
+        Trainer(micro(tmp_path / "c", stage="1", steps=1, pixel_weight=-1.0)).setup()
 
 
 def test_caption_contrast_loss_is_a_hinge_with_a_relative_margin():

@@ -37,7 +37,7 @@ _FIELDS = {
     "device": "device", "precision": "precision", "workers": "workers", "threads": "threads", "out": "out",
     "init": "init", "autoencoder": "autoencoder", "export": "export", "world_clips": "world_clips", "cache": "cache", "stride": "stride",
     "text_len": "text_len", "user_path_prob": "user_path_prob", "object_weight": "object_weight",
-    "temporal_weight": "temporal_weight", "caption_contrast": "caption_contrast",
+    "temporal_weight": "temporal_weight", "pixel_weight": "pixel_weight", "caption_contrast": "caption_contrast",
     "contrast_attributes": "contrast_attributes",
     "snr_floor": "snr_floor", "simple_until": "simple_until",
 }
@@ -58,6 +58,7 @@ def train(
     snr_floor: float = typer.Option(None, "--snr-floor", help="Lowest x0-error weight of the min-SNR weighting (clamp(SNR, floor, gamma)): raises the noisiest steps, where a clip's layout and direction of motion are decided and plain min-SNR gives weight ~0.01; 0 = off. Default: 0."),
     object_weight: float = typer.Option(None, "--object-weight", help="Extra loss weight on the latent cells the world's objects cover (loss weight 1 + this x coverage); 0 = plain mean. Default: 0."),
     temporal_weight: float = typer.Option(None, "--temporal-weight", help="Weight of a frame-difference loss term (the square of the prediction error's change between consecutive frames: weighs wrong motion and flicker, which the plain loss dilutes); 0 = off. Default: 0."),
+    pixel_weight: float = typer.Option(None, "--pixel-weight", help="Weight of a decoded-pixel term: two frames of the predicted clean latent go through the frozen decoder and are compared (object-weighted L1) with the true latent's; shape details that are small in the latent are large in pixels. Costs little (two small frames per clip). 0 = off. Default: 0."),
     caption_contrast: float = typer.Option(None, "--caption-contrast", help="Weight of a caption-contrast term: samples whose caption is their only word on an attribute (--contrast-attributes; direction by default) are also denoised given the caption with that attribute changed, and the loss pays until the true caption is 5% better (teaches words the plain loss barely rewards: direction, shape); 0 = off. Default: 0."),
     contrast_attributes: str = typer.Option(None, "--contrast-attributes", help="What --caption-contrast changes in the caption: a comma list of direction (reversed; samples with no moving condition or style), shape, colour (replaced; samples with no condition or style at all), taken in turn. Default: direction."),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip; 0 = off. Default: 1."),
@@ -241,6 +242,7 @@ def train_autoencoder(
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (after a linear warm-up)."),
     kl_weight: float = typer.Option(1e-5, "--kl-weight", help="Weight of the KL term (per pixel value)."),
     object_weight: float = typer.Option(0.0, "--object-weight", help="Extra pixel-loss weight on the world's objects (1 + this on their pixels); 0 = plain mean."),
+    grad_weight: float = typer.Option(0.5, "--grad-weight", help="Weight of the image-gradient L1 term: higher keeps thin parts (a star's points) that plain L1 + MSE blur away."),
     init: str = typer.Option(None, "--init", help="Start from this autoencoder export, or from the autoencoder of an embedded model folder."),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="Train only the decoder (needs --init): the latent space, and a UNet trained in it, stay valid."),
     latent_noise: float = typer.Option(0.0, "--latent-noise", help="Decode latents plus Gaussian noise of std up to this (scaled-latent units, e.g. 0.15): a decoder robust to the frame-to-frame jitter of sampled latents flickers less. 0 = clean latents."),
@@ -268,12 +270,14 @@ def train_autoencoder(
         raise InputError("--apply-to needs --decoder-only (a new encoder would invalidate the model's UNet)")
     if latent_noise < 0:
         raise InputError(f"--latent-noise must be 0 or more, got {latent_noise}")
+    if grad_weight < 0:
+        raise InputError(f"--grad-weight must be 0 or more, got {grad_weight}")
     if latent_channels is not None and latent_channels < 1:
         raise InputError(f"--latent-channels must be 1 or more, got {latent_channels}")
     cfg = AutoencoderTrainConfig(out=out, steps=steps, batch=batch, crop=crop, size=size, lr=lr, kl_weight=kl_weight,
                                  seed=seed, max_minutes=max_minutes, threads=threads, resume=resume, command=command,
-                                 object_weight=object_weight, init=init, decoder_only=decoder_only,
-                                 latent_noise=latent_noise, vae={"latent_channels": latent_channels} if latent_channels else {})
+                                 object_weight=object_weight, grad_weight=grad_weight, init=init,
+                                 decoder_only=decoder_only, latent_noise=latent_noise, vae={"latent_channels": latent_channels} if latent_channels else {})
     show = console.interactive()
     with console.progress_bar(transient=False) if show else _Nothing() as bar:
         task = bar.add_task("autoencoder", total=steps) if show else None

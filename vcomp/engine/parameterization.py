@@ -58,6 +58,18 @@ def to_eps(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kind: s
     return _v_combination(kind, t, x_t, alphas_cumprod, prediction, x_t.float())
 
 
+def to_x0(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kind: str,
+          alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
+    """The clean sample the model's output implies: sqrt(ab) x_t - sqrt(1 - ab) v for a "v" model,
+    (x_t - sqrt(1 - ab) eps) / sqrt(ab) for an "eps" one."""
+    a, s = _coefficients(t, x_t, alphas_cumprod)
+    if kind == "eps":
+        return (x_t.float() - s * prediction) / a
+    if kind != "v":
+        raise ValueError(f"unknown prediction {kind!r}; expected one of {PREDICTIONS}")
+    return a * x_t.float() - s * prediction
+
+
 def target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, kind: str,
            alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
     """What a model of this kind is trained to output for x_t = add_noise(x0, noise, t)."""

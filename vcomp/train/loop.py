@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vcomp.engine.parameterization import min_snr_weights, target, to_eps
+from vcomp.engine.parameterization import min_snr_weights, target, to_eps, to_x0
 from vcomp.engine.sampling import draw_noise
 from vcomp.errors import InputError
 from vcomp.train.checkpoint import (
@@ -101,6 +101,7 @@ class TrainConfig:
     snr_floor: float = 0.0  # lowest x0 weight of min-SNR weighting (raises the noisiest steps; 0: plain min-SNR)
     object_weight: float = 0.0  # extra loss weight on the latent cells the objects cover (world data; 0: plain mean)
     temporal_weight: float = 0.0  # weight of the frame-difference term (temporal_difference_loss; 0: off)
+    pixel_weight: float = 0.0  # weight of the decoded-x0 pixel term (decoded_x0_loss; 0: off)
     caption_contrast: float = 0.0  # weight of the counterfactual-caption term (caption_contrast_loss; 0: off)
     contrast_attributes: str = "direction"  # what the counterfactual captions change: direction, shape, colour (comma list)
     frames_curriculum: str = "16"  # "8,16" (even split of the steps) or "8:4000,16" (until step 4000)
@@ -247,6 +248,42 @@ def focus_weights(focus: torch.Tensor, latent_shape, object_weight: float) -> to
     fy, fx = focus.shape[-2] // h, focus.shape[-1] // w
     cover = F.avg_pool3d(focus.float(), kernel_size=(1, fy, fx))
     return 1.0 + object_weight * cover
+
+
+PIXEL_FRAMES = 2  #: frames per clip the decoded-x0 term decodes (random ones each step)
+
+
+def decoded_x0_loss(autoencoder, x0: torch.Tensor, latent: torch.Tensor, focus: torch.Tensor | None,
+                    object_weight: float) -> torch.Tensor:
+    """Per-sample object-weighted L1 [B] between the frames the frozen decoder makes of the
+    predicted clean latent `x0` and of the true one (`latent`; both [B, C, T, h, w], scaled).
+
+    Why: the latent MSE weighs every channel alike, and what tells a star from a square (a few
+    pixels at the points, in latent directions of small norm) costs almost nothing there, so the
+    model learns colour (a large latent difference) and not shape (shape words move its loss by
+    ~1%). Seen through the decoder those directions are as large as the pixels they move. The
+    decoder is frozen: gradients reach the UNet only. `focus` [B, 1, T, H, W] weighs object pixels
+    1 + `object_weight`."""
+    def decode(z):  # without the temporal refiner: it smooths over frames, two are decoded here
+        return autoencoder.decode(z, refine=False) if hasattr(autoencoder, "refiner") else autoencoder.decode(z)
+
+    with torch.no_grad():
+        want = decode(latent.float())
+    got = decode(x0)
+    err = (got.float() - want.float()).abs()
+    if focus is None or not object_weight:
+        return err.mean(dim=tuple(range(1, err.ndim)))
+    w = (1.0 + object_weight * focus.float()).expand_as(err)
+    dims = tuple(range(1, err.ndim))
+    return (err * w).sum(dims) / w.sum(dims)
+
+
+def pixel_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """min(SNR, gamma) / gamma: the decoded-x0 term counts where x0 is predictable (the min-SNR
+    weighting of an x0 loss, scaled to at most 1), and fades out at high noise, where the decoded
+    guess is an average of many clips whatever the model does."""
+    ab = alphas_cumprod[t.cpu()].float()
+    return torch.clamp(ab / (1 - ab), max=gamma) / gamma
 
 
 def weighted_mean(values: torch.Tensor, cells: torch.Tensor | None) -> torch.Tensor:
@@ -582,6 +619,7 @@ class Trainer:
         if cfg.lr_schedule not in ("constant", "cosine"):
             raise InputError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
         for flag, value in (("--object-weight", cfg.object_weight), ("--temporal-weight", cfg.temporal_weight),
+                            ("--pixel-weight", cfg.pixel_weight),
                             ("--caption-contrast", cfg.caption_contrast), ("--simple-until", cfg.simple_until)):
             if not value >= 0:
                 raise InputError(f"{flag} must be 0 or more (got {value})")
@@ -741,6 +779,14 @@ class Trainer:
             weighted = weighted + cfg.temporal_weight * temporal
         weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma, kind, cfg.snr_floor).to(dev)
         loss = (weighted * weights).mean()
+        pixel = None
+        if cfg.pixel_weight:
+            frames = torch.randperm(latent.shape[2], generator=g)[:PIXEL_FRAMES].sort().values
+            x0 = to_x0(pred.float(), x_t, t, kind, self.alphas_cumprod)
+            pixel = decoded_x0_loss(self.autoencoder, x0[:, :, frames], latent[:, :, frames],
+                                    None if batch.get("focus") is None else batch["focus"][:, :, frames].to(dev),
+                                    cfg.object_weight)
+            loss = loss + cfg.pixel_weight * (pixel * pixel_snr_weights(self.alphas_cumprod, t).to(dev)).mean()
         gap, gaps = None, {}
         if rows:
             counter = weighted_mean((counter_pred.float() - goal[sel]).pow(2), cells[sel] if cells is not None else None)
@@ -759,6 +805,7 @@ class Trainer:
         ema_update(self.ema_model, self.model, min(cfg.ema, (1 + step) / (10 + step)))
         return {"loss": float(loss.detach()), "mse": float(per_sample.detach().mean()),
                 "temporal_mse": None if temporal is None else float(temporal.detach().mean()),
+                "pixel_l1": None if pixel is None else float(pixel.detach().mean()),
                 "contrast_gap": gap, "contrast_gaps": gaps, "contrast_rows": len(rows),
                 "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr, "stage": stage,
                 "frames": latent.shape[2], "size": int(batch["video"].shape[-1])}
@@ -964,6 +1011,7 @@ class Trainer:
                     entry = {"step": step, "stage": out["stage"], "loss": round(loss, 6),
                              "loss_ema": round(self.loss_ema, 6), "mse": round(out["mse"], 6),
                              "temporal_mse": out["temporal_mse"] and round(out["temporal_mse"], 6),
+                             **({"pixel_l1": round(out["pixel_l1"], 6)} if cfg.pixel_weight else {}),
                              **({"contrast_gap": out["contrast_gap"] and round(out["contrast_gap"], 4)}
                                 if cfg.caption_contrast else {}),
                              **({"contrast_gaps": out["contrast_gaps"]}
