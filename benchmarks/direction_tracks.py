@@ -11,6 +11,11 @@ the scenes with a straight motion (chance: 1 in 8), with the mean `world_checks.
 (partial credit for a neighbouring direction; chance 0; it also rescores eval folders written
 before the suite reported it). The same fit on the rendered source clips is the baseline,
 measured in the same run.
+
+It also counts the tracks that *jump*: a centroid step between consecutive frames of more than
+JUMP_PX (over three times the world's fastest straight motion, 3 px/frame, at 64 px). A jump is an object
+that vanishes while another appears elsewhere (or a second object that outgrows the first), the
+commonest reason a generated track reads "in a circle" although it goes the right way.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+JUMP_PX = 10.0  #: px at 64 px: a centroid step over three times the world's fastest motion
 
 
 def fitted_track(frames: np.ndarray, want: str) -> tuple[dict | None, float]:
@@ -34,8 +41,10 @@ def fitted_track(frames: np.ndarray, want: str) -> tuple[dict | None, float]:
     fit = W.straight_fit(track)
     if fit is None:
         return None, cosine
+    steps = np.linalg.norm(np.diff(track, axis=0), axis=1) * (W.REFERENCE_SIZE / frames.shape[2])
     return {"direction": fit["direction"], "speed": math.hypot(*fit["velocity"]),
-            "wobble": fit["residual"] / max(fit["spread"], 1e-6)}, cosine
+            "wobble": fit["residual"] / max(fit["spread"], 1e-6),
+            "jump": float(np.nanmax(steps)) if np.isfinite(steps).any() else 0.0}, cosine
 
 
 def main() -> None:
@@ -52,6 +61,7 @@ def main() -> None:
         return np.stack([frame for _, frame in iter_frames(args.folder / name)])
 
     counts = {"source": 0, args.task: 0}
+    jumps = {"source": 0, args.task: 0}
     cosines: dict[str, list[float]] = {"source": [], args.task: []}
     straight = 0
     for case in report["cases"]:
@@ -64,15 +74,17 @@ def main() -> None:
             fit, cosine = fitted_track(read(name), want)
             hit = fit is not None and fit["direction"] == want
             counts[kind] += hit
+            jumps[kind] += fit is not None and fit["jump"] > JUMP_PX
             cosines[kind].append(cosine)
             if kind == args.task and fit is not None:
                 print(f"{stem} want {want:10s} fitted {fit['direction']:10s} {fit['speed']:4.2f} px/frame "
-                      f"wobble {fit['wobble']:4.2f} cosine {cosine:+.2f} {'ok' if hit else ''}")
+                      f"wobble {fit['wobble']:4.2f} jump {fit['jump']:4.1f} px cosine {cosine:+.2f} {'ok' if hit else ''}")
     print(f"straight-motion scenes: {straight}; fitted direction = prompt: "
           f"{args.task} {counts[args.task]} ({counts[args.task] / max(straight, 1):.2f}), "
           f"source clips {counts['source']} ({counts['source'] / max(straight, 1):.2f}), chance 0.125; "
           f"mean direction cosine: {args.task} {np.mean(cosines[args.task] or [0]):.2f}, "
-          f"source clips {np.mean(cosines['source'] or [0]):.2f}, chance 0")
+          f"source clips {np.mean(cosines['source'] or [0]):.2f}, chance 0; "
+          f"tracks with a jump > {JUMP_PX:g} px: {args.task} {jumps[args.task]}, source clips {jumps['source']}")
 
 
 if __name__ == "__main__":

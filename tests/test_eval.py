@@ -237,6 +237,7 @@ def test_aggregate_pass_fail_logic():
                          "motion_error": base, "direction_cosine": 0.5 if ok else None},
                 "motion": {"colour_ok": ok, "shape_ok": ok, "direction_ok": ok, "motion_error": mce,
                            "direction_cosine": 1.0, "reconstruction_motion_error": 0.25 * base,
+                           "reconstruction_shape_ok": not ok,
                            "baseline_motion_error": base, "frame_consistency": 0.9},
                 "depth": {"depth_order_agreement": d, "baseline": db, "frame_consistency": 0.9},
                 "sketch": {"f1": f1, "baseline": f1b, "frame_consistency": 0.9},
@@ -250,6 +251,8 @@ def test_aggregate_pass_fail_logic():
     assert rows[("motion", "motion_error_ratio")]["value"] == pytest.approx(0.1)
     floor = rows[("motion", "reconstruction_ratio")]  # a reference: no target of its own
     assert floor["value"] == pytest.approx(0.25) and floor["passed"] is None
+    ceiling = rows[("motion", "reconstruction_shape_accuracy")]  # a reference too
+    assert ceiling["value"] == 0.0 and ceiling["passed"] is None and ceiling["n"] == 3
     assert rows[("depth", "depth_order_agreement")]["baseline"] == pytest.approx(0.6)
     assert rows[("text", "direction_cosine")]["value"] == pytest.approx(0.5)
     assert rows[("text", "direction_cosine")]["n"] == 3 and rows[("text", "direction_cosine")]["passed"] is None
@@ -292,6 +295,8 @@ def test_eval_cli_smoke_json(tmp_path, monkeypatch, capsys):
     assert "colour_accuracy" in table and "motion_error_ratio" in table and "pass" in table
     assert "reconstruction_ratio" in table and "…" not in table  # nothing cut off on 80 columns
     assert report["cases"][0]["scores"]["motion"]["reconstruction_motion_error"] >= 0
+    assert "reconstruction_shape_accuracy" in table
+    assert isinstance(report["cases"][0]["scores"]["motion"]["reconstruction_shape_ok"], bool)
     assert f"guidance={report['guidance']:g}" in table  # results at another w are not comparable
     # same seed, same scenes
     assert [c["caption"] for c in report["cases"]] == [S.make_case(0, i, 64, 4).sample.caption for i in range(2)]

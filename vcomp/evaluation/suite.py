@@ -228,14 +228,19 @@ def score_case(case: Case, outputs: dict[str, np.ndarray], embedder) -> dict:
     return out
 
 
-def reconstruction_motion_error(pipeline, case: Case) -> float:
-    """Motion-control error of the case's own source clip after a round trip through the model's
-    latent space (`Pipeline.reconstruct`). Why: the motion task's error cannot fall below what the
-    autoencoder gives back of a clip whose latents are exactly right, so this is its floor."""
+def reconstruction_checks(pipeline, case: Case) -> dict:
+    """The case's own source clip after a round trip through the model's latent space
+    (`Pipeline.reconstruct`): its motion-control error and whether its object keeps its shape.
+    Why: latents exactly right give back no better than this, so these are the floor of the
+    motion task's error and the ceiling of its (and the text task's) shape accuracy."""
+    from vcomp.evaluation import world_checks as W
     from vcomp.evaluation.metrics import motion_control_error
     from vcomp.train.synthetic import FPS
 
-    return motion_control_error(pipeline.reconstruct(case.sample.frames), case.sample.motion, FPS)
+    frames = pipeline.reconstruct(case.sample.frames)
+    shape = W.analyse_object(frames)["shape"]
+    return {"reconstruction_motion_error": motion_control_error(frames, case.sample.motion, FPS),
+            "reconstruction_shape": shape, "reconstruction_shape_ok": shape == case.sample.scene.primary.shape}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,6 +292,11 @@ def aggregate(per_case: list[dict], tasks: Sequence[str]) -> list[dict]:
             if floor is not None:
                 rows.append(_row(task, "reconstruction_ratio", floor / base if base else None, None, n,
                                  "the source clips through the latent space: the lowest ratio it allows"))
+            kept = col("motion", "reconstruction_shape_ok") if all("reconstruction_shape_ok" in c["motion"]
+                                                                   for c in per_case if "motion" in c) else []
+            if kept:
+                rows.append(_row(task, "reconstruction_shape_accuracy", _mean(kept), None, n,
+                                 "the source clips through the latent space: the highest shape accuracy it allows"))
         if task == "depth":
             value, base = _mean(col(task, "depth_order_agreement")), _mean(col(task, "baseline"))
             wins = _mean([a > b for a, b in zip(col(task, "depth_order_agreement"), col(task, "baseline"), strict=True)])
@@ -374,7 +384,7 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
         t0 = time.perf_counter()
         scores = score_case(case, outputs, embedder)
         if "motion" in scores:
-            scores["motion"]["reconstruction_motion_error"] = reconstruction_motion_error(pipeline, case)
+            scores["motion"].update(reconstruction_checks(pipeline, case))
         score_s += time.perf_counter() - t0
         per_case.append(scores)
         used_guidance.append(used)
