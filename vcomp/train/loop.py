@@ -271,10 +271,10 @@ def decoded_x0_loss(autoencoder, x0: torch.Tensor, latent: torch.Tensor, focus: 
         want = decode(latent.float())
     got = decode(x0)
     err = (got.float() - want.float()).abs()
-    if focus is None or not object_weight:
-        return err.mean(dim=tuple(range(1, err.ndim)))
-    w = (1.0 + object_weight * focus.float()).expand_as(err)
     dims = tuple(range(1, err.ndim))
+    if focus is None or not object_weight:
+        return err.mean(dims)
+    w = (1.0 + object_weight * focus.float()).expand_as(err)
     return (err * w).sum(dims) / w.sum(dims)
 
 
