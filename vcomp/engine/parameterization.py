@@ -62,12 +62,10 @@ def to_x0(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kind: st
           alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
     """The clean sample the model's output implies: sqrt(ab) x_t - sqrt(1 - ab) v for a "v" model,
     (x_t - sqrt(1 - ab) eps) / sqrt(ab) for an "eps" one."""
-    a, s = _coefficients(t, x_t, alphas_cumprod)
     if kind == "eps":
+        a, s = _coefficients(t, x_t, alphas_cumprod)
         return (x_t.float() - s * prediction) / a
-    if kind != "v":
-        raise ValueError(f"unknown prediction {kind!r}; expected one of {PREDICTIONS}")
-    return a * x_t.float() - s * prediction
+    return _v_combination(kind, t, x_t, alphas_cumprod, x_t.float(), -prediction)
 
 
 def target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, kind: str,

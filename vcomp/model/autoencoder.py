@@ -37,7 +37,9 @@ class VideoAutoencoder(Protocol):
 
     def encode(self, video: torch.Tensor) -> torch.Tensor: ...
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, latent: torch.Tensor, refine: bool = True) -> torch.Tensor:
+        """`refine=False`: without a temporal refiner, where the autoencoder has one."""
+        ...
 
 
 def _check_video(video: torch.Tensor, channels: int, factor: int, what: str) -> None:
@@ -62,7 +64,8 @@ class PixelUnshuffleAutoencoder(nn.Module):
         x = F.pixel_unshuffle(rearrange(video, "b c t h w -> (b t) c h w"), self.factor)
         return rearrange(x, "(b t) c h w -> b c t h w", b=b)
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, refine: bool = True) -> torch.Tensor:
+        """`refine` is accepted for the `VideoAutoencoder` interface: there is no refiner here."""
         _check_video(latent, self.latent_channels, 1, "latent")
         b = latent.shape[0]
         x = F.pixel_shuffle(rearrange(latent, "b c t h w -> (b t) c h w"), self.factor)

@@ -264,12 +264,10 @@ def decoded_x0_loss(autoencoder, x0: torch.Tensor, latent: torch.Tensor, focus: 
     ~1%). Seen through the decoder those directions are as large as the pixels they move. The
     decoder is frozen: gradients reach the UNet only. `focus` [B, 1, T, H, W] weighs object pixels
     1 + `object_weight`."""
-    def decode(z):  # without the temporal refiner: it smooths over frames, two are decoded here
-        return autoencoder.decode(z, refine=False) if hasattr(autoencoder, "refiner") else autoencoder.decode(z)
-
+    # without the temporal refiner: it smooths over frames, and only two are decoded here
     with torch.no_grad():
-        want = decode(latent.float())
-    got = decode(x0)
+        want = autoencoder.decode(latent.float(), refine=False)
+    got = autoencoder.decode(x0, refine=False)
     err = (got.float() - want.float()).abs()
     dims = tuple(range(1, err.ndim))
     if focus is None or not object_weight:
