@@ -18,6 +18,7 @@ from vcomp.engine import (
     get_scheduler,
     guided_eps,
     make_eps_fn,
+    scheduler_config,
     share_across_frames,
     stack_branches,
 )
@@ -73,6 +74,20 @@ def test_scheduler_matches_published_ddim():
     assert [int(t) for t in get_scheduler(10).timesteps][:2] == [901, 801]
     with pytest.raises(ValueError):
         get_scheduler(0)
+
+
+def test_zero_terminal_snr_scheduler_reaches_pure_noise_and_starts_there():
+    """The zero-SNR variant: alpha_bar(999) = 0 (the published schedule keeps 0.0047 of the clip's
+    power there), trailing steps from t = 999, a scheduler that steps on v; the published one is unchanged."""
+    zero, published = get_scheduler(20, zero_terminal_snr=True), get_scheduler(20)
+    assert float(published.alphas_cumprod[-1]) == pytest.approx(0.00466, rel=0.01)
+    assert float(zero.alphas_cumprod[-1]) == 0.0
+    assert float(zero.alphas_cumprod[0]) == pytest.approx(float(published.alphas_cumprod[0]), rel=1e-4)
+    assert bool((zero.alphas_cumprod[1:] < published.alphas_cumprod[1:]).all())  # more noise at every t > 0
+    assert [int(t) for t in zero.timesteps][:2] == [999, 949] and int(zero.timesteps[-1]) == 49
+    assert zero.config.prediction_type == "v_prediction"
+    assert dict(published.config)["timestep_spacing"] == "leading" and published.config.prediction_type == "epsilon"
+    assert scheduler_config(True)["rescale_betas_zero_snr"] and "rescale_betas_zero_snr" not in scheduler_config()
 
 
 def test_ddim_step_is_the_eta0_formula():

@@ -83,14 +83,15 @@ def test_snr_floor_raises_only_the_noisiest_steps():
 class OracleV(torch.nn.Module):
     """Predicts the exact v of a known clean latent: a perfect v model for that latent."""
 
-    def __init__(self, x0):
+    def __init__(self, x0, alphas_cumprod=None):
         super().__init__()
         self.x0, self.cfg = x0, types.SimpleNamespace(prediction="v")
+        self.ab = default_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
 
     def forward(self, x, t, context=None, style=None, cond_features=None):
-        ab = default_alphas_cumprod().float()[t.long()].reshape(-1, 1, 1, 1, 1)
+        ab = self.ab.float()[t.long()].reshape(-1, 1, 1, 1, 1)
         noise = (x - ab.sqrt() * self.x0) / (1 - ab).sqrt()
-        return target(self.x0.expand_as(x), noise, t, "v")
+        return target(self.x0.expand_as(x), noise, t, "v", self.ab)
 
 
 def test_engine_samples_a_v_model_to_its_clean_latent():
@@ -101,3 +102,23 @@ def test_engine_samples_a_v_model_to_its_clean_latent():
     out = denoise(eps_fn, start, get_scheduler(10))
     # DDIM ends on alpha_bar[0] = 0.99915 (as published), so a trace of the noise (~0.03) remains
     assert (out - x0).abs().mean() < 0.05 < (start - x0).abs().mean()
+
+
+def test_a_zero_terminal_snr_schedule_samples_on_v_from_pure_noise():
+    """At alpha_bar = 0 eps is x_t itself and says nothing of x0, so the engine hands the scheduler
+    the guided v; an eps model cannot be sampled (or configured) so."""
+    from vcomp.model.config import ModelConfig
+
+    x0, _, _, _ = _sample(b=1)
+    start = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    ctx = torch.zeros(1, 2, 8)
+    scheduler = get_scheduler(10, zero_terminal_snr=True)
+    oracle = OracleV(x0, scheduler.alphas_cumprod)
+    out = denoise(make_eps_fn(oracle, Branch(ctx), Branch(ctx), 9.0, None, scheduler.alphas_cumprod, output="v"),
+                  start, scheduler)
+    assert (out - x0).abs().mean() < 0.05 < (start - x0).abs().mean()
+    eps_model = types.SimpleNamespace(cfg=types.SimpleNamespace(prediction="eps"))
+    with pytest.raises(ValueError, match="cannot give 'v'"):
+        make_eps_fn(eps_model, Branch(ctx), output="v")
+    with pytest.raises(ValueError, match="zero_terminal_snr needs prediction 'v'"):
+        ModelConfig(zero_terminal_snr=True, prediction="eps")

@@ -699,3 +699,42 @@ def test_torchrun_two_processes(tmp_path):
     assert summary["world_size"] == 2 and summary["step"] == 2
     ckpt = load_checkpoint(out)
     assert ckpt.step == 2 and ckpt.record["world_size"] == 2
+
+
+def test_a_zero_terminal_snr_fine_tune_trains_on_the_rescaled_schedule_and_its_export_samples(tmp_path, monkeypatch):
+    """`--model-json '{"zero_terminal_snr": true}'` on an --init model: the run adds noise with the
+    rescaled schedule (pure noise at t = 999, where the x0-space loss stays finite), its export's notes
+    describe its own config, and it samples through the v-stepping scheduler to a finite latent."""
+    from vcomp.pipeline import Pipeline
+    from vcomp.weights.embedded import load_embedded
+
+    base, export = tmp_path / "base", tmp_path / "export"
+    train(micro(tmp_path / "run0", stage="1", steps=1, export=str(base)))
+    trainer = Trainer(micro(tmp_path / "run1", init=str(base), stage="2", steps=1,
+                            model={**MICRO, "zero_terminal_snr": True})).setup()
+    assert float(trainer.alphas_cumprod[-1]) == 0.0
+    batch = collate([trainer.dataset[r] for r in trainer.requests(0)])
+    assert np.isfinite(trainer.train_step(0, batch)["loss"])
+    assert np.isfinite(trainer.fixed_loss(trainer.model, batch, 2, timestep=999, space="x0"))
+    record = json.loads((base / "embedded.json").read_text())
+    record["model"]["notes"] = "a stale description"  # free text must not travel through --init
+    (base / "embedded.json").write_text(json.dumps(record))
+    train(micro(tmp_path / "run2", init=str(base), stage="2", steps=1, export=str(export),
+                model={**MICRO, "zero_terminal_snr": True}))
+    cfg = load_embedded(export).unet.cfg
+    assert cfg.zero_terminal_snr and cfg.notes.startswith("Trained by vcomp train: 64 x 64 px video -> 48 x 16 x 16 latent")
+    assert "zero terminal SNR" in cfg.notes
+    import vcomp.engine
+
+    seen = []
+
+    def spy(eps_fn, latent, scheduler, **kw):
+        out = denoise(eps_fn, latent, scheduler, **kw)
+        seen.append((scheduler.config.prediction_type, int(scheduler.timesteps[0]), bool(torch.isfinite(out).all())))
+        return out
+
+    denoise = vcomp.engine.denoise
+    monkeypatch.setattr(vcomp.engine, "denoise", spy)
+    frames = Pipeline.load(device="cpu", preset="tiny", assets=export).generate(
+        None, "a red circle", steps=2, size=(32, 32), num_frames=4).frames
+    assert frames.shape == (4, 32, 32, 3) and seen == [("v_prediction", 999, True)]

@@ -12,6 +12,10 @@ Scheduler (`SCHEDULER_CONFIG`): 1000 training steps, "scaled_linear" betas 0.000
 published `linear_sd` schedule), epsilon prediction, no sample clipping, `set_alpha_to_one=False`
 (the last step lands on alpha_bar[0], as published) and `steps_offset=1` with "leading" spacing,
 so 50 steps visit t = 981, 961, ..., 1 -- the published DDIM timesteps.
+A model with `ModelConfig.zero_terminal_snr` gets the same betas rescaled to alpha_bar = 0 at
+t = 999, "trailing" steps (999, 979, ..., 19 at 50 steps) and a scheduler stepping on v
+(`scheduler_config(True)`; `make_eps_fn(..., output="v")`): at alpha_bar = 0 x0 cannot be
+recovered from eps.
 
 Compositional guidance: `eps = eps(c1) + w * (eps(c2) - eps(c1))`, where c2 (`cond`) has every
 given condition and c1 (`uncond`) drops the guided ones. The two branches are stacked on the batch
@@ -44,6 +48,13 @@ SCHEDULER_CONFIG = {
     "steps_offset": 1,
     "timestep_spacing": "leading",
 }
+#: what a zero-terminal-SNR model's scheduler changes (`ModelConfig.zero_terminal_snr`)
+ZERO_SNR_OVERRIDES = {
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+    "steps_offset": 0,
+    "prediction_type": "v_prediction",
+}
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 9.0  # hard-coded in the published inference scripts (their config's 6.0 is unused)
 
@@ -51,13 +62,19 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int], None]
 
 
-def get_scheduler(steps: int = DEFAULT_STEPS, device: str | torch.device | None = None):
-    """A diffusers `DDIMScheduler` (see `SCHEDULER_CONFIG`) set to `steps` sampling steps."""
+def scheduler_config(zero_terminal_snr: bool = False) -> dict:
+    """The DDIMScheduler settings: the published ones, or their zero-terminal-SNR variant."""
+    return {**SCHEDULER_CONFIG, **ZERO_SNR_OVERRIDES} if zero_terminal_snr else dict(SCHEDULER_CONFIG)
+
+
+def get_scheduler(steps: int = DEFAULT_STEPS, device: str | torch.device | None = None,
+                  zero_terminal_snr: bool = False):
+    """A diffusers `DDIMScheduler` (see `scheduler_config`) set to `steps` sampling steps."""
     from diffusers import DDIMScheduler
 
     if not 1 <= steps <= SCHEDULER_CONFIG["num_train_timesteps"]:
         raise ValueError(f"steps must be in 1..{SCHEDULER_CONFIG['num_train_timesteps']}, got {steps}")
-    scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
+    scheduler = DDIMScheduler(**scheduler_config(zero_terminal_snr))
     scheduler.set_timesteps(steps, device=device)
     return scheduler
 
@@ -139,8 +156,10 @@ def stack_branches(uncond: Branch, cond: Branch) -> Branch:
 
 
 def make_eps_fn(model: torch.nn.Module, cond: Branch, uncond: Branch | None = None, guidance: float = DEFAULT_GUIDANCE,
-                autocast_dtype: torch.dtype | None = None, alphas_cumprod: torch.Tensor | None = None) -> EpsFn:
-    """`eps_fn(x, t)` for `denoise`: the guided noise prediction for latent x [B, ...].
+                autocast_dtype: torch.dtype | None = None, alphas_cumprod: torch.Tensor | None = None,
+                output: str = "eps") -> EpsFn:
+    """`eps_fn(x, t)` for `denoise`: the guided noise prediction for latent x [B, ...] (the guided v
+    with `output="v"`, for a scheduler that steps on v; guidance is affine, so either is the same).
 
     With `uncond`, x is doubled and both branches run as one batch (one model call per step);
     without it (or when the caller decided guidance is not needed) only the conditional pass runs.
@@ -152,6 +171,8 @@ def make_eps_fn(model: torch.nn.Module, cond: Branch, uncond: Branch | None = No
 
     branch = stack_branches(uncond, cond) if uncond is not None else cond
     kind = getattr(getattr(model, "cfg", None), "prediction", "eps")
+    if output not in ("eps", "v") or (output == "v" and kind != "v"):
+        raise ValueError(f"cannot give {output!r} from a model predicting {kind!r}")
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = 2 if uncond is not None else 1
@@ -161,7 +182,7 @@ def make_eps_fn(model: torch.nn.Module, cond: Branch, uncond: Branch | None = No
                else contextlib.nullcontext())
         with ctx:
             eps = model(x_in, t_in, context=branch.context, style=branch.style, cond_features=branch.cond_features)
-        eps = to_eps(eps.float(), x_in, t_in, kind, alphas_cumprod)
+        eps = eps.float() if output == "v" else to_eps(eps.float(), x_in, t_in, kind, alphas_cumprod)
         if n == 1:
             return eps
         eps_uncond, eps_cond = eps.chunk(2)

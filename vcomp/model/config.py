@@ -121,6 +121,13 @@ class ModelConfig:
     # fraction of the diffusion noise's variance common to all frames, in training and sampling
     # (vcomp.engine.share_across_frames; PYoCo's mixed prior). 0 = independent noise, as published.
     noise_shared: float = 0.0
+    # the noise schedule: False = the published scaled-linear betas, whose last step keeps
+    # sqrt(alpha_bar) = 0.068 of the clip; True = the same betas rescaled so alpha_bar reaches 0 at
+    # t = 999, sampled with "trailing" steps from t = 999 (Lin et al. 2024, "Common diffusion noise
+    # schedules and sample steps are flawed"). Why: on a latent of 8 x 8 cells x 16 frames that
+    # remnant tells where the objects are, so a model never learns to place them from the text, and
+    # at sampling the starting noise decides the layout. Needs v-prediction (eps is x_t at t = 999).
+    zero_terminal_snr: bool = False
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -137,6 +144,8 @@ class ModelConfig:
             raise ValueError(f"single_frame_at must be 'all' or 'first', got {self.single_frame_at!r}")
         if not 0.0 <= self.noise_shared < 1.0:
             raise ValueError(f"noise_shared must be in [0, 1), got {self.noise_shared}")
+        if self.zero_terminal_snr and self.prediction != "v":
+            raise ValueError("zero_terminal_snr needs prediction 'v' (at alpha_bar = 0 the noise is x_t itself)")
         if self.stc_pool_size is not None and self.stc_pool_size % 4:
             raise ValueError("stc_pool_size must be a multiple of 4 (two stride-2 convs)")
 
@@ -205,6 +214,21 @@ TINY = ModelConfig(
 )
 
 PRESETS: dict[str, ModelConfig] = {"official": OFFICIAL, "tiny": TINY}
+
+
+def describe_trained(cfg: ModelConfig) -> str:
+    """The `notes` line of a model `vcomp train` made, rebuilt from its config on every run.
+    Why: free text inherited through `--init` once told two releases they had an 8-channel
+    latent after the latent had moved to 16 channels."""
+    grid = cfg.sample_size // cfg.latent_scale
+    cells = "/".join(str(grid // 2 ** i) for i in range(len(cfg.dim_mult)))
+    widths = "/".join(str(cfg.dim * m) for m in dict.fromkeys(cfg.dim_mult))
+    attention = "every level" if len(cfg.attn_scales) == len(cfg.dim_mult) else \
+        "scales " + "/".join(f"{a:g}" for a in cfg.attn_scales) if cfg.attn_scales else "no level"
+    schedule = ", zero terminal SNR" if cfg.zero_terminal_snr else ""
+    return (f"Trained by vcomp train: {cfg.sample_size} x {cfg.sample_size} px video -> {cfg.in_dim} x {grid} x {grid} "
+            f"latent per frame (factor {cfg.latent_scale}); UNet width {widths} at {cells} latent cells, attention at "
+            f"{attention}; predicts {cfg.prediction}{schedule}; {cfg.style_dim}-d style.")
 
 
 def get_config(name_or_config: str | ModelConfig, **overrides) -> ModelConfig:

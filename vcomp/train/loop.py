@@ -354,13 +354,13 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
-def noise_scheduler():
-    """The sampler's schedule (diffusers DDIMScheduler with `SCHEDULER_CONFIG`), for add_noise."""
+def noise_scheduler(zero_terminal_snr: bool = False):
+    """The sampler's schedule (diffusers DDIMScheduler with `scheduler_config`), for add_noise."""
     from diffusers import DDIMScheduler
 
-    from vcomp.engine.sampling import SCHEDULER_CONFIG
+    from vcomp.engine.sampling import scheduler_config
 
-    return DDIMScheduler(**SCHEDULER_CONFIG)
+    return DDIMScheduler(**scheduler_config(zero_terminal_snr))
 
 
 def extend_vocab(text: nn.Module, words: list[str]) -> nn.Module:
@@ -500,7 +500,7 @@ class Trainer:
     def _build(self) -> None:
         from vcomp.model import create_model, get_config
         from vcomp.model.adapters import get_adapter
-        from vcomp.model.config import ModelConfig
+        from vcomp.model.config import ModelConfig, describe_trained
         from vcomp.model.embedders import WordTextEncoder, build_vocab
         from vcomp.model.loading import load_state_dict_strict, with_added_modules, with_new_latent_channels
 
@@ -546,6 +546,7 @@ class Trainer:
                 moved_from = base.in_dim
                 self.init_history = {**self.init_history, "latent_channels_moved": [base.in_dim, ae.latent_channels]}
             base = replace(base, in_dim=ae.latent_channels, out_dim=ae.latent_channels, latent_scale=ae.factor)
+        base = replace(base, notes=describe_trained(base))
         self.base_cfg = base
         self.model_cfg = replace(base, **TRAIN_DROPOUT_OFF)
         self.adapter = get_adapter("tiny", style_dim=base.style_dim)
@@ -587,7 +588,7 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
         else:
             self.ddp = self.model
-        self.scheduler = noise_scheduler()
+        self.scheduler = noise_scheduler(self.model_cfg.zero_terminal_snr)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.clone()
 
         size_default = base.default_size
@@ -833,7 +834,7 @@ class Trainer:
         err = (eps - noise).pow(2)
         if space == "x0":  # x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab): its error is eps's times sqrt(1/SNR)
             ab = self.alphas_cumprod[t.cpu()].float().to(err.device).view(-1, *(1,) * (err.ndim - 1))
-            err = err * (1 - ab) / ab
+            err = err * (1 - ab) / ab.clamp_min(1e-8)  # a zero-terminal-SNR schedule reaches ab = 0
         elif space != "eps":
             raise ValueError(f"space must be 'eps' or 'x0', got {space!r}")
         return float(err.mean())
