@@ -70,21 +70,21 @@ def blob_shifts(model_dir: str, timestep: int, draws: int = 8) -> dict[str, tupl
     """direction -> (dx, dy) of the predicted x0's object's centroid, last frame minus first."""
     import torch
 
-    from vcomp.engine.parameterization import default_alphas_cumprod, to_eps
+    from vcomp.engine import get_scheduler
+    from vcomp.engine.parameterization import to_x0
     from vcomp.weights.embedded import load_embedded
 
     model = load_embedded(model_dir)
     unet, text, autoencoder = model.unet.eval(), model.text_encoder.eval(), model.autoencoder
     grid = unet.cfg.sample_size // unet.cfg.latent_scale
     noise = torch.randn(draws, unet.cfg.in_dim, 16, grid, grid, generator=torch.Generator().manual_seed(1))
-    ab = default_alphas_cumprod().float()[timestep]
+    ab = get_scheduler(1, zero_terminal_snr=unet.cfg.zero_terminal_snr).alphas_cumprod
     t = torch.full((draws,), timestep)
     shifts = {}
     for direction in DIRECTIONS:
         with torch.inference_mode():
-            eps = to_eps(unet(noise, t, text([CAPTION.format(direction)] * draws)).float(), noise, t,
-                         unet.cfg.prediction)
-            x0 = (noise - (1 - ab).sqrt() * eps) / ab.sqrt()
+            x0 = to_x0(unet(noise, t, text([CAPTION.format(direction)] * draws)).float(), noise, t,
+                       unet.cfg.prediction, ab)
             video = autoencoder.decode(x0).clamp(-1, 1)
         # how far each pixel is from its frame's background (median) colour, averaged over draws:
         # the object whatever colours the model drew (a model that draws it dark on light would

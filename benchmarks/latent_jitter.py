@@ -64,7 +64,7 @@ def x0_error(pipeline, case, t: int = 50) -> float:
     """RMS error of the UNet's x0 estimate from the source latent noised to `t` (text prompt)."""
     from vcomp.engine import Branch, get_scheduler, make_eps_fn
 
-    ac = get_scheduler(20).alphas_cumprod.float()
+    ac = get_scheduler(20, zero_terminal_snr=pipeline.unet.cfg.zero_terminal_snr).alphas_cumprod.float()
     clip = torch.from_numpy(case.sample.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
     z0 = pipeline.autoencoder.encode(clip).float()
     tokens, _ = pipeline.encode_text([case.sample.caption])
