@@ -701,7 +701,8 @@ def test_torchrun_two_processes(tmp_path):
     assert ckpt.step == 2 and ckpt.record["world_size"] == 2
 
 
-def test_a_zero_terminal_snr_fine_tune_trains_on_the_rescaled_schedule_and_its_export_samples(tmp_path, monkeypatch):
+def test_a_zero_terminal_snr_fine_tune_trains_on_the_rescaled_schedule_and_its_export_samples(tmp_path, monkeypatch,
+                                                                                              capsys):
     """`--model-json '{"zero_terminal_snr": true}'` on an --init model: the run adds noise with the
     rescaled schedule (pure noise at t = 999, where the x0-space loss stays finite), its export's notes
     describe its own config, and it samples through the v-stepping scheduler to a finite latent."""
@@ -724,6 +725,14 @@ def test_a_zero_terminal_snr_fine_tune_trains_on_the_rescaled_schedule_and_its_e
     cfg = load_embedded(export).unet.cfg
     assert cfg.zero_terminal_snr and cfg.notes.startswith("Trained by vcomp train: 64 x 64 px video -> 48 x 16 x 16 latent")
     assert "zero terminal SNR" in cfg.notes
+    from vcomp.cli import main
+
+    assert main(["models", "--weights", str(export), "--json"]) == 0  # `vcomp models` tells the schedule
+    listed = {f["key"]: f for f in json.loads(capsys.readouterr().out)["files"]}
+    assert listed["embedded"]["noise_schedule"] == "zero terminal SNR"
+    assert main(["models", "--weights", str(base), "--json"]) == 0
+    listed = {f["key"]: f for f in json.loads(capsys.readouterr().out)["files"]}
+    assert listed["embedded"]["noise_schedule"] == "published"
     import vcomp.engine
 
     seen = []

@@ -169,7 +169,7 @@ def inventory(weights_dir: str | os.PathLike | None = None, assets: str | os.Pat
         "path": str(weights_path) if found else None,
         "size": weights_path.stat().st_size + config_path.stat().st_size if found else None,
         "expected_at": str(weights_path),
-        **(_embedded_settings(config_path) if found else {"default_guidance": None, "temporal_refiner": None}),
+        **(_embedded_settings(config_path) if found else dict(_NO_SETTINGS)),
     })
     have = {f["key"]: f["found"] for f in files}
     preset, reason = resolve_preset(weights_dir, assets)
@@ -186,20 +186,26 @@ def inventory(weights_dir: str | os.PathLike | None = None, assets: str | os.Pat
             "generator": {"preset": preset, "reason": reason}, "extractors": extractors}
 
 
+_NO_SETTINGS = {"default_guidance": None, "temporal_refiner": None, "noise_schedule": None}
+
+
 def _embedded_settings(config_path: Path) -> dict:
     """What the embedded model's embedded.json says a user may want to know: its measured default
-    guidance ("default", per-guide "by_guide"; what --guidance falls back to) and its temporal
-    refiner's size (None: frames are decoded one by one); None values when it cannot be read."""
+    guidance ("default", per-guide "by_guide"; what --guidance falls back to), its temporal
+    refiner's size (None: frames are decoded one by one) and its noise schedule ("published" or
+    "zero terminal SNR"); None values when it cannot be read."""
     import json
 
     try:
         record = json.loads(config_path.read_text())
         sampling = record.get("sampling") or {}
+        zero = bool((record.get("model") or {}).get("zero_terminal_snr", False))
         return {"default_guidance": {"default": sampling.get("guidance"),
                                      "by_guide": dict(sampling.get("guidance_by_guide") or {})},
-                "temporal_refiner": (record.get("autoencoder") or {}).get("temporal_refiner")}
+                "temporal_refiner": (record.get("autoencoder") or {}).get("temporal_refiner"),
+                "noise_schedule": "zero terminal SNR" if zero else "published"}
     except (OSError, ValueError, AttributeError, TypeError):
-        return {"default_guidance": None, "temporal_refiner": None}
+        return dict(_NO_SETTINGS)
 
 
 def format_size(n: int | None) -> str:
