@@ -181,12 +181,12 @@ def make_eps_fn(model: torch.nn.Module, cond: Branch, uncond: Branch | None = No
         ctx = (torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None
                else contextlib.nullcontext())
         with ctx:
-            eps = model(x_in, t_in, context=branch.context, style=branch.style, cond_features=branch.cond_features)
-        eps = eps.float() if output == "v" else to_eps(eps.float(), x_in, t_in, kind, alphas_cumprod)
+            pred = model(x_in, t_in, context=branch.context, style=branch.style, cond_features=branch.cond_features)
+        pred = pred.float() if output == "v" else to_eps(pred.float(), x_in, t_in, kind, alphas_cumprod)
         if n == 1:
-            return eps
-        eps_uncond, eps_cond = eps.chunk(2)
-        return guided_eps(eps_uncond, eps_cond, guidance)
+            return pred
+        pred_uncond, pred_cond = pred.chunk(2)
+        return guided_eps(pred_uncond, pred_cond, guidance)  # affine: the same formula for eps or v
 
     return eps_fn
 
