@@ -63,6 +63,7 @@ def jitter_stats(latent: torch.Tensor) -> tuple[float, float]:
 def x0_error(pipeline, case, t: int = 50) -> float:
     """RMS error of the UNet's x0 estimate from the source latent noised to `t` (text prompt)."""
     from vcomp.engine import Branch, get_scheduler, make_eps_fn
+    from vcomp.engine.parameterization import to_x0
 
     ac = get_scheduler(20, zero_terminal_snr=pipeline.unet.cfg.zero_terminal_snr).alphas_cumprod.float()
     clip = torch.from_numpy(case.sample.frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
@@ -72,7 +73,7 @@ def x0_error(pipeline, case, t: int = 50) -> float:
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(case.index))
     a = ac[t]
     xt = a.sqrt() * z0 + (1 - a).sqrt() * noise
-    x0 = (xt - (1 - a).sqrt() * eps_fn(xt, torch.tensor([t]))) / a.sqrt()
+    x0 = to_x0(eps_fn(xt, torch.tensor([t])), xt, torch.tensor([t]), "eps", ac)
     return float((x0 - z0).pow(2).mean().sqrt())
 
 

@@ -345,10 +345,11 @@ class Pipeline:
         with torch.inference_mode():
             cond = Branch(context_c, style_c, feats_c)
             uncond = Branch(context_u, style_u, feats_u) if float(guidance) != 1.0 else None
-            zero_snr = bool(getattr(unet.cfg, "zero_terminal_snr", False))
-            scheduler = get_scheduler(int(steps), device=dev, zero_terminal_snr=zero_snr)
+            scheduler = get_scheduler(int(steps), device=dev,
+                                      zero_terminal_snr=bool(getattr(unet.cfg, "zero_terminal_snr", False)))
+            # hand the scheduler the prediction it steps on (its config says which)
             eps_fn = make_eps_fn(unet, cond, uncond, float(guidance), self.autocast_dtype, scheduler.alphas_cumprod,
-                                 output="v" if zero_snr else "eps")
+                                 output="v" if scheduler.config.prediction_type == "v_prediction" else "eps")
             noise = get_noise((1, ae.latent_channels, frames, h, w), seed, dev,
                               shared=getattr(unet.cfg, "noise_shared", 0.0))
             known = hole = source = None
