@@ -370,8 +370,13 @@ def test_caption_contrast_adds_a_term_for_text_only_samples_with_a_direction(tmp
     assert b["contrast_rows"] == len(rows) and abs(b["contrast_gap"]) < 0.5  # an untrained model: no gap
     assert a["mse"] == pytest.approx(b["mse"], rel=1e-5)
     assert b["loss"] > a["loss"]  # within the margin, the hinge is positive
+    wide = Trainer(micro(tmp_path / "w", stage="1", steps=1, min_snr_gamma=None, batch=4, caption_contrast=3.0,
+                         contrast_margin=1.0)).setup()
+    assert wide.train_step(0, batch)["loss"] > b["loss"]  # --contrast-margin: a wider margin pays for more
     with pytest.raises(InputError, match="--caption-contrast"):
         Trainer(micro(tmp_path / "c", stage="1", steps=1, caption_contrast=-1.0)).setup()
+    with pytest.raises(InputError, match="--contrast-margin"):
+        Trainer(micro(tmp_path / "m", stage="1", steps=1, caption_contrast=1.0, contrast_margin=-0.1)).setup()
 
 
 def test_caption_contrast_on_shape_takes_the_attributes_in_turn_and_only_where_no_condition_shows_the_object(tmp_path):

@@ -38,7 +38,7 @@ _FIELDS = {
     "init": "init", "autoencoder": "autoencoder", "export": "export", "world_clips": "world_clips", "cache": "cache", "stride": "stride",
     "text_len": "text_len", "user_path_prob": "user_path_prob", "object_weight": "object_weight",
     "temporal_weight": "temporal_weight", "pixel_weight": "pixel_weight", "caption_contrast": "caption_contrast",
-    "contrast_attributes": "contrast_attributes",
+    "contrast_attributes": "contrast_attributes", "contrast_margin": "contrast_margin",
     "snr_floor": "snr_floor", "simple_until": "simple_until",
 }
 
@@ -59,8 +59,9 @@ def train(
     object_weight: float = typer.Option(None, "--object-weight", help="Extra loss weight on the latent cells the world's objects cover (loss weight 1 + this x coverage); 0 = plain mean. Default: 0."),
     temporal_weight: float = typer.Option(None, "--temporal-weight", help="Weight of a frame-difference loss term (the square of the prediction error's change between consecutive frames: weighs wrong motion and flicker, which the plain loss dilutes); 0 = off. Default: 0."),
     pixel_weight: float = typer.Option(None, "--pixel-weight", help="Weight of a decoded-pixel term: two frames of the predicted clean latent go through the frozen decoder and are compared (object-weighted L1) with the true latent's; shape details that are small in the latent are large in pixels. Costs little (two small frames per clip). 0 = off. Default: 0."),
-    caption_contrast: float = typer.Option(None, "--caption-contrast", help="Weight of a caption-contrast term: samples whose caption is their only word on an attribute (--contrast-attributes; direction by default) are also denoised given the caption with that attribute changed, and the loss pays until the true caption is 5% better (teaches words the plain loss barely rewards: direction, shape); 0 = off. Default: 0."),
+    caption_contrast: float = typer.Option(None, "--caption-contrast", help="Weight of a caption-contrast term: samples whose caption is their only word on an attribute (--contrast-attributes; direction by default) are also denoised given the caption with that attribute changed, and the loss pays until the true caption is better by --contrast-margin (teaches words the plain loss barely rewards: direction, shape); 0 = off. Default: 0."),
     contrast_attributes: str = typer.Option(None, "--contrast-attributes", help="What --caption-contrast changes in the caption: a comma list of direction (reversed; samples with no moving condition or style), shape, colour (replaced; samples with no condition or style at all), taken in turn. Default: direction."),
+    contrast_margin: float = typer.Option(None, "--contrast-margin", help="How much better (a fraction of its loss) the true caption must be than the changed one before --caption-contrast stops paying; raise it for a word the model already uses a little (shape: gaps of ~5%). Default: 0.05."),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip; 0 = off. Default: 1."),
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. Default: 0.01."),
     frames_curriculum: str = typer.Option(None, "--frames-curriculum", help="Frames per clip over training: '8,16' (even split) or '8:3000,16'. Default: 16."),

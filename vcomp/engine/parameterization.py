@@ -23,25 +23,26 @@ import torch
 from vcomp.model.config import PREDICTIONS
 
 
-@functools.lru_cache(maxsize=1)
-def default_alphas_cumprod() -> torch.Tensor:
-    """alpha_bar of the sampler's own schedule (`SCHEDULER_CONFIG`), float64 on the CPU."""
+@functools.lru_cache(maxsize=2)
+def schedule_alphas_cumprod(zero_terminal_snr: bool = False) -> torch.Tensor:
+    """alpha_bar of the sampler's schedule (`scheduler_config`: the published one, or its
+    zero-terminal-SNR variant), float64 on the CPU. The functions below take alpha_bar from the
+    caller instead of defaulting to either: a model's config decides its schedule."""
     from diffusers import DDIMScheduler
 
-    from vcomp.engine.sampling import SCHEDULER_CONFIG
+    from vcomp.engine.sampling import scheduler_config
 
-    return DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod.double()
+    return DDIMScheduler(**scheduler_config(zero_terminal_snr)).alphas_cumprod.double()
 
 
-def _coefficients(t: torch.Tensor, like: torch.Tensor, alphas_cumprod: torch.Tensor | None):
-    ab = (default_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod.double())
-    ab = ab[torch.as_tensor(t).reshape(-1).long().cpu()]
+def _coefficients(t: torch.Tensor, like: torch.Tensor, alphas_cumprod: torch.Tensor):
+    ab = alphas_cumprod.double()[torch.as_tensor(t).reshape(-1).long().cpu()]
     shape = (-1,) + (1,) * (like.ndim - 1)
     return (ab.sqrt().to(like.device, torch.float32).reshape(shape),
             (1 - ab).sqrt().to(like.device, torch.float32).reshape(shape))
 
 
-def _v_combination(kind: str, t: torch.Tensor, like: torch.Tensor, alphas_cumprod: torch.Tensor | None,
+def _v_combination(kind: str, t: torch.Tensor, like: torch.Tensor, alphas_cumprod: torch.Tensor,
                    p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """sqrt(ab) p + sqrt(1 - ab) q, the one formula both directions of a "v" model need."""
     if kind != "v":
@@ -51,7 +52,7 @@ def _v_combination(kind: str, t: torch.Tensor, like: torch.Tensor, alphas_cumpro
 
 
 def to_eps(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kind: str,
-           alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
+           alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The model's output as eps (identity for an "eps" model)."""
     if kind == "eps":
         return prediction
@@ -59,7 +60,7 @@ def to_eps(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kind: s
 
 
 def to_x0(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kind: str,
-          alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
+          alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The clean sample the model's output implies: sqrt(ab) x_t - sqrt(1 - ab) v for a "v" model,
     (x_t - sqrt(1 - ab) eps) / sqrt(ab) for an "eps" one."""
     if kind == "eps":
@@ -69,7 +70,7 @@ def to_x0(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, kind: st
 
 
 def target(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, kind: str,
-           alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
+           alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """What a model of this kind is trained to output for x_t = add_noise(x0, noise, t)."""
     return noise if kind == "eps" else _v_combination(kind, t, x0, alphas_cumprod, noise, -x0)
 

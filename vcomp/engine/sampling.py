@@ -165,12 +165,15 @@ def make_eps_fn(model: torch.nn.Module, cond: Branch, uncond: Branch | None = No
     without it (or when the caller decided guidance is not needed) only the conditional pass runs.
     `autocast_dtype` (CUDA): run the model under `torch.autocast` in that dtype.
     A model whose config predicts "v" is converted to eps with `alphas_cumprod` (default: the
-    sampler's schedule); see `vcomp.engine.parameterization`.
+    schedule its config names, published or zero terminal SNR); see `vcomp.engine.parameterization`.
     """
-    from vcomp.engine.parameterization import to_eps
+    from vcomp.engine.parameterization import schedule_alphas_cumprod, to_eps
 
     branch = stack_branches(uncond, cond) if uncond is not None else cond
-    kind = getattr(getattr(model, "cfg", None), "prediction", "eps")
+    cfg = getattr(model, "cfg", None)
+    kind = getattr(cfg, "prediction", "eps")
+    if alphas_cumprod is None:
+        alphas_cumprod = schedule_alphas_cumprod(bool(getattr(cfg, "zero_terminal_snr", False)))
     if output not in ("eps", "v") or (output == "v" and kind != "v"):
         raise ValueError(f"cannot give {output!r} from a model predicting {kind!r}")
 

@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vcomp.engine.parameterization import min_snr_weights, target, to_eps, to_x0
-from vcomp.engine.sampling import draw_noise
+from vcomp.engine.sampling import draw_noise, get_scheduler
 from vcomp.errors import InputError
 from vcomp.train.checkpoint import (
     FORMAT,
@@ -80,6 +80,11 @@ CARRIED_SESSION_FIELDS = ("device", "precision", "workers", "threads", "export",
 TRAIN_DROPOUT_OFF = {"misc_dropout": 0.0, "p_all_zero": 0.0, "p_all_keep": 0.0}
 
 
+#: the loss with a counterfactual caption must exceed the true caption's by this fraction of it
+#: before `caption_contrast_loss` stops pushing them apart
+CONTRAST_MARGIN = 0.05
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs. Defaults are the shipped embedded model's recipe."""
@@ -104,6 +109,7 @@ class TrainConfig:
     pixel_weight: float = 0.0  # weight of the decoded-x0 pixel term (decoded_x0_loss; 0: off)
     caption_contrast: float = 0.0  # weight of the counterfactual-caption term (caption_contrast_loss; 0: off)
     contrast_attributes: str = "direction"  # what the counterfactual captions change: direction, shape, colour (comma list)
+    contrast_margin: float = CONTRAST_MARGIN  # --contrast-margin
     frames_curriculum: str = "16"  # "8,16" (even split of the steps) or "8:4000,16" (until step 4000)
     size_curriculum: str | None = None  # e.g. "32,64"; default: the preset's size (64 for tiny)
     simple_until: int = 0  # world data: steps before this one see simple scenes (one object, solid background)
@@ -297,11 +303,6 @@ def weighted_mean(values: torch.Tensor, cells: torch.Tensor | None) -> torch.Ten
 #: the first frame, the direction word says where the object is in every later one)
 STILL_CONDITIONS = ("local_image", "single_sketch")
 
-#: the loss with a counterfactual caption must exceed the true caption's by this fraction of it
-#: before `caption_contrast_loss` stops pushing them apart
-CONTRAST_MARGIN = 0.05
-
-
 #: caption attributes `--contrast-attributes` may change (synthetic.counterfactual_caption)
 CONTRAST_ATTRIBUTES = ("direction", "shape", "colour")
 
@@ -352,15 +353,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_p, src_p, 1.0 - decay)
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
-
-
-def noise_scheduler(zero_terminal_snr: bool = False):
-    """The sampler's schedule (diffusers DDIMScheduler with `scheduler_config`), for add_noise."""
-    from diffusers import DDIMScheduler
-
-    from vcomp.engine.sampling import scheduler_config
-
-    return DDIMScheduler(**scheduler_config(zero_terminal_snr))
 
 
 def extend_vocab(text: nn.Module, words: list[str]) -> nn.Module:
@@ -588,7 +580,7 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
         else:
             self.ddp = self.model
-        self.scheduler = noise_scheduler(self.model_cfg.zero_terminal_snr)
+        self.scheduler = get_scheduler(zero_terminal_snr=self.model_cfg.zero_terminal_snr)  # add_noise only
         self.alphas_cumprod = self.scheduler.alphas_cumprod.clone()
 
         size_default = base.default_size
@@ -619,7 +611,8 @@ class Trainer:
             raise InputError(f"--lr-schedule must be constant or cosine, got {cfg.lr_schedule!r}")
         for flag, value in (("--object-weight", cfg.object_weight), ("--temporal-weight", cfg.temporal_weight),
                             ("--pixel-weight", cfg.pixel_weight),
-                            ("--caption-contrast", cfg.caption_contrast), ("--simple-until", cfg.simple_until)):
+                            ("--caption-contrast", cfg.caption_contrast), ("--contrast-margin", cfg.contrast_margin),
+                            ("--simple-until", cfg.simple_until)):
             if not value >= 0:
                 raise InputError(f"{flag} must be 0 or more (got {value})")
         self.contrast_attributes = parse_contrast_attributes(cfg.contrast_attributes)
@@ -789,7 +782,8 @@ class Trainer:
         gap, gaps = None, {}
         if rows:
             counter = weighted_mean((counter_pred.float() - goal[sel]).pow(2), cells[sel] if cells is not None else None)
-            loss = loss + cfg.caption_contrast * (caption_contrast_loss(plain[sel], counter) * weights[sel]).sum() / b
+            loss = loss + cfg.caption_contrast * (caption_contrast_loss(plain[sel], counter, cfg.contrast_margin)
+                                                          * weights[sel]).sum() / b
             rel = ((counter - plain[sel]) / plain[sel].clamp_min(1e-12)).detach()
             gap = float(rel.mean())
             gaps = {k: round(float(rel[[j for j, x in enumerate(kinds) if x == k]].mean()), 4) for k in sorted(set(kinds))}
