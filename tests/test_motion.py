@@ -246,6 +246,72 @@ def test_motion_from_frames_between_sampled_frames(square):
                   share=1.0)
 
 
+def flat_square(frames: int = 12, size=(96, 64), velocity: int = 3) -> np.ndarray:
+    """A flat red 24 px square moving right over a flat grey background: every pixel outside
+    its edges is the same in consecutive frames, so any vector there is the encoder's choice."""
+    w, h = size
+    clip = np.full((frames, h, w, 3), 60, np.uint8)
+    for t in range(frames):
+        clip[t, 20:44, 8 + velocity * t:32 + velocity * t] = (200, 40, 40)
+    return clip
+
+
+def unchanged_cells(frames: np.ndarray) -> np.ndarray:
+    """[T, H, W] bool: pixels of the 8 px cells with no changed pixel since the previous frame."""
+    grey = frames.astype(np.int16).sum(-1)
+    changed = np.zeros(grey.shape, bool)
+    changed[1:] = grey[1:] != grey[:-1]
+    t, h, w = changed.shape
+    cells = changed.reshape(t, h // 8, 8, w // 8, 8).any((2, 4))
+    out = ~np.repeat(np.repeat(cells, 8, 1), 8, 2)
+    out[0] = False
+    return out
+
+
+def test_still_cells_read_zero_and_moving_edges_keep_their_motion():
+    """The encoder spreads the square's vector over flat cells whose pixels did not change (any
+    vector predicts them as well); by default those read 0, while the cells where the square's
+    edges move keep vectors pointing its way. still_threshold=0 gives the codec's raw field."""
+    frames = flat_square()
+    raw = M.motion_from_frames(frames, 8.0, still_threshold=0)
+    field = M.motion_from_frames(frames, 8.0)
+    unchanged = unchanged_cells(frames)
+    assert (np.hypot(raw[:, 0], raw[:, 1])[unchanged] > 0).sum() > 1000  # the spread
+    assert not np.hypot(field[:, 0], field[:, 1])[unchanged].any()
+    moving = ~unchanged & (np.arange(len(frames)) > 0)[:, None, None]
+    assert np.median(field[:, 0][moving & (np.abs(field[:, 0]) > 0)]) == pytest.approx(3.0, abs=0.5)
+    assert np.abs(field[:, 1][moving]).max() <= 0.5
+    with pytest.raises(InputError, match="still threshold"):
+        M.motion_from_frames(frames, 8.0, still_threshold=-1)
+
+
+@pytest.mark.parametrize("method", ["direct", "reencode"])
+def test_still_cells_read_zero_in_video_files(tmp_path, method):
+    """Both ways of reading a file drop the spread vectors too (the decoded frames decide what is
+    still), and the square's motion still reads right."""
+    frames = flat_square()
+    path = clips.encode(frames, tmp_path / "flat.mp4", clips.X264_ONE_REF, fps=8)
+    unchanged = unchanged_cells(frames)
+    raw = M.extract_motion(path, method=method, still_threshold=0)
+    field = M.extract_motion(path, method=method)
+    spread = [float((np.hypot(f[:, 0], f[:, 1])[unchanged] > 0).mean()) for f in (raw, field)]
+    assert spread[0] > 0.05 and spread[1] < 0.01, spread
+    moving = ~unchanged & (np.arange(len(frames)) > 0)[:, None, None]
+    assert np.median(field[:, 0][moving & (np.abs(field[:, 0]) > 0)]) == pytest.approx(3.0, abs=0.5)
+
+
+def test_still_cells_average_the_change_per_8_pixel_cell():
+    """A cell is still when its mean absolute luma change is under the threshold; a partial edge
+    cell (here 4 px wide) counts its own pixels, its last column repeated."""
+    previous = np.zeros((16, 20), np.uint8)
+    current = previous.copy()
+    current[0:8, 0:8] = 1  # mean change 1 < 2: still
+    current[0:8, 8:10] = 9  # 2 of 8 columns by 9: mean 2.25: moved
+    current[8:16, 16:20] = 3  # the partial cell, all changed by 3: moved
+    assert M.still_cells(previous, current).tolist() == [[True, False, True], [True, True, False]]
+    assert M.still_cells(previous, current, 0.5).tolist() == [[False, False, True], [True, True, False]]
+
+
 def test_motion_from_frames_odd_size_and_validation(square):
     frames = square[0][:6, :127, :155]
     field = M.motion_from_frames(frames)

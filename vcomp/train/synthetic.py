@@ -668,7 +668,7 @@ def render(scene: Scene, size: int | None = None, *, motion: str = "extracted", 
 # ----------------------------------------------------------------------------------------------
 # dataset
 # ----------------------------------------------------------------------------------------------
-CACHE_VERSION = 1
+CACHE_VERSION = 2  #: 2: motion fields with still cells at 0 (conditions.motion.STILL_THRESHOLD)
 
 
 class WorldDataset:
