@@ -81,6 +81,7 @@ def test_motion_transfer_on_a_real_clip(tmp_path, capsys):
     record = json.loads(out)
     assert record["conditions"] == ["motion"]
     assert record["extractors"]["motion"]["extractor"] == "h264-side-data"
+    assert record["extractors"]["motion"]["still_threshold"] == 2.0
     assert len(record["frame_indices"]) == 4
 
 

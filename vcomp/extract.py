@@ -81,7 +81,7 @@ class _MotionSource:
 
         self._motion, self.fps, self.native = motion, fps, native
         self._previous: np.ndarray | None = None
-        self.info = {"extractor": "h264-side-data", "units": "pixels per sampled frame step"}
+        self.info = motion.extractor_info(units="pixels per sampled frame step")
         if native:
             self.reader = motion.MotionReader(src, size)
             wanted = None

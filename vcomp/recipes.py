@@ -76,9 +76,9 @@ def _meta(clip: Clip | None, size, extractors: dict) -> dict:
 
 
 def _motion(clip: Clip) -> tuple[np.ndarray, dict]:
-    from vcomp.conditions.motion import motion_from_frames
+    from vcomp.conditions.motion import extractor_info, motion_from_frames
 
-    return motion_from_frames(clip.frames, clip.fps), {"extractor": "h264-side-data", "method": "reencode-sampled"}
+    return motion_from_frames(clip.frames, clip.fps), extractor_info(method="reencode-sampled")
 
 
 def _structure(names, frames: np.ndarray, weights_dir) -> tuple[dict, dict]:

@@ -398,6 +398,11 @@ def _frame_vectors(frame) -> np.ndarray | None:
 STILL_THRESHOLD = 2.0
 
 
+def extractor_info(**extra) -> dict:
+    """What a motion condition's metadata records about how it was read."""
+    return {"extractor": "h264-side-data", "still_threshold": STILL_THRESHOLD, **extra}
+
+
 def frame_luma(frame) -> np.ndarray:
     """The luma plane of a decoded av.VideoFrame, uint8 [H, W] (a view for 8-bit planar YUV)."""
     if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"):
