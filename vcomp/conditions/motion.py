@@ -778,7 +778,8 @@ class MotionReader:
     stream's own vectors; still switches to the re-encode from the first frame that proves them
     unusable) or "reencode". After iterating, `.method_used` says which path produced the
     vectors, `.switched_at` the frame where a direct read fell back (None if it did not) and
-    `.reason` why.
+    `.reason` why. `still_threshold`: cells whose pixels changed less than this since the previous
+    frame read 0 (`still_cells`; 0 keeps every exported vector).
 
     With `size` (W, H) the re-encode path encodes frames already cover-resized to `size`
     (cheaper, and the vectors are then in output pixels); the direct path resizes the cell grid
