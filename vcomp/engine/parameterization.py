@@ -28,11 +28,9 @@ def schedule_alphas_cumprod(zero_terminal_snr: bool = False) -> torch.Tensor:
     """alpha_bar of the sampler's schedule (`scheduler_config`: the published one, or its
     zero-terminal-SNR variant), float64 on the CPU. The functions below take alpha_bar from the
     caller instead of defaulting to either: a model's config decides its schedule."""
-    from diffusers import DDIMScheduler
+    from vcomp.engine.sampling import get_scheduler
 
-    from vcomp.engine.sampling import scheduler_config
-
-    return DDIMScheduler(**scheduler_config(zero_terminal_snr)).alphas_cumprod.double()
+    return get_scheduler(zero_terminal_snr=zero_terminal_snr).alphas_cumprod.double()
 
 
 def _coefficients(t: torch.Tensor, like: torch.Tensor, alphas_cumprod: torch.Tensor):
