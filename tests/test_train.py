@@ -415,6 +415,27 @@ def test_caption_contrast_on_shape_takes_the_attributes_in_turn_and_only_where_n
         Trainer(micro(tmp_path / "b", stage="1", steps=1, caption_contrast=1.0, contrast_attributes="size")).setup()
 
 
+def test_pixel_contrast_pays_the_hinge_on_decoded_frames(tmp_path):
+    """--pixel-contrast alone (no latent contrast): the step still picks the contrast rows, logs the
+    pixel gap per attribute, adds a positive hinge (an untrained model reads both captions alike)
+    and leaves the MSE as it was; with --pixel-weight too it reuses that term's frames. A wider
+    margin pays for more; a negative weight is a one-line input error."""
+    plain = Trainer(micro(tmp_path / "a", stage="1", steps=1, min_snr_gamma=None, batch=4)).setup()
+    batch = collate([plain.dataset[r] for r in plain.requests(0)])
+    a = plain.train_step(0, batch)
+    run = lambda name, **kw: Trainer(micro(tmp_path / name, stage="1", steps=1, min_snr_gamma=None, batch=4,  # noqa: E731
+                                           contrast_attributes="shape", **kw)).setup().train_step(0, batch)
+    b = run("b", pixel_contrast=2.0)
+    assert b["contrast_rows"] == len(batch["caption"]) and set(b["pixel_contrast_gaps"]) == {"shape"}
+    assert abs(b["pixel_contrast_gaps"]["shape"]) < 0.5 and b["pixel_l1"] is None
+    assert b["mse"] == pytest.approx(a["mse"], rel=1e-5) and b["loss"] > a["loss"]
+    assert run("w", pixel_contrast=2.0, contrast_margin=1.0)["loss"] > b["loss"]
+    both = run("p", pixel_contrast=2.0, pixel_weight=1.0)
+    assert both["pixel_l1"] > 0 and set(both["pixel_contrast_gaps"]) == {"shape"}
+    with pytest.raises(InputError, match="--pixel-contrast"):
+        Trainer(micro(tmp_path / "c", stage="1", steps=1, pixel_contrast=-1.0)).setup()
+
+
 def test_snr_floor_weighs_the_noisiest_steps_and_is_checked(tmp_path):
     """--snr-floor changes the loss only through the weights of high-noise samples; bad values are
     one-line input errors."""

@@ -39,6 +39,7 @@ _FIELDS = {
     "text_len": "text_len", "user_path_prob": "user_path_prob", "object_weight": "object_weight",
     "temporal_weight": "temporal_weight", "pixel_weight": "pixel_weight", "caption_contrast": "caption_contrast",
     "contrast_attributes": "contrast_attributes", "contrast_margin": "contrast_margin",
+    "pixel_contrast": "pixel_contrast",
     "snr_floor": "snr_floor", "simple_until": "simple_until",
 }
 
@@ -62,6 +63,7 @@ def train(
     caption_contrast: float = typer.Option(None, "--caption-contrast", help="Weight of a caption-contrast term: samples whose caption is their only word on an attribute (--contrast-attributes; direction by default) are also denoised given the caption with that attribute changed, and the loss pays until the true caption is better by --contrast-margin (teaches words the plain loss barely rewards: direction, shape); 0 = off. Default: 0."),
     contrast_attributes: str = typer.Option(None, "--contrast-attributes", help="What --caption-contrast changes in the caption: a comma list of direction (reversed; samples with no moving condition or style), shape, colour (replaced; samples with no condition or style at all), taken in turn. Default: direction."),
     contrast_margin: float = typer.Option(None, "--contrast-margin", help="How much better (a fraction of its loss) the true caption must be than the changed one before --caption-contrast stops paying; raise it for a word the model already uses a little (shape: gaps of ~5%). Default: 0.05."),
+    pixel_contrast: float = typer.Option(None, "--pixel-contrast", help="Weight of the same caption contrast measured on decoded pixels (the --pixel-weight comparison of two frames) instead of the latent: a shape word moves a few small latent values but a visible part of the object's pixels. Uses --contrast-attributes and --contrast-margin; works with or without --caption-contrast. 0 = off. Default: 0."),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip; 0 = off. Default: 1."),
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. Default: 0.01."),
     frames_curriculum: str = typer.Option(None, "--frames-curriculum", help="Frames per clip over training: '8,16' (even split) or '8:3000,16'. Default: 16."),

@@ -110,6 +110,7 @@ class TrainConfig:
     caption_contrast: float = 0.0  # weight of the counterfactual-caption term (caption_contrast_loss; 0: off)
     contrast_attributes: str = "direction"  # what the counterfactual captions change: direction, shape, colour (comma list)
     contrast_margin: float = CONTRAST_MARGIN  # --contrast-margin
+    pixel_contrast: float = 0.0  # weight of the same hinge on decoded pixels (decoded_x0_loss; 0: off)
     frames_curriculum: str = "16"  # "8,16" (even split of the steps) or "8:4000,16" (until step 4000)
     size_curriculum: str | None = None  # e.g. "32,64"; default: the preset's size (64 for tiny)
     simple_until: int = 0  # world data: steps before this one see simple scenes (one object, solid background)
@@ -328,6 +329,15 @@ def caption_contrast_loss(true_loss: torch.Tensor, counter_loss: torch.Tensor,
     better, and then stops, so it cannot pull the model away from the plain loss's optimum for long.
     """
     return torch.relu(true_loss - counter_loss + margin * true_loss.detach())
+
+
+def relative_gaps(true_loss: torch.Tensor, counter_loss: torch.Tensor,
+                  kinds: list[str]) -> tuple[float, dict[str, float]]:
+    """How much worse (a fraction of the true caption's loss) the counterfactual captions did: the
+    mean, and the mean per contrasted attribute (`kinds`, one per sample), for the log."""
+    rel = ((counter_loss - true_loss) / true_loss.clamp_min(1e-12)).detach().float()
+    per = {k: round(float(rel[[j for j, x in enumerate(kinds) if x == k]].mean()), 4) for k in sorted(set(kinds))}
+    return float(rel.mean()), per
 
 
 def temporal_difference_loss(err: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
@@ -612,6 +622,7 @@ class Trainer:
         for flag, value in (("--object-weight", cfg.object_weight), ("--temporal-weight", cfg.temporal_weight),
                             ("--pixel-weight", cfg.pixel_weight),
                             ("--caption-contrast", cfg.caption_contrast), ("--contrast-margin", cfg.contrast_margin),
+                            ("--pixel-contrast", cfg.pixel_contrast),
                             ("--simple-until", cfg.simple_until)):
             if not value >= 0:
                 raise InputError(f"{flag} must be 0 or more (got {value})")
@@ -742,7 +753,8 @@ class Trainer:
         x_t = self.scheduler.add_noise(latent, noise, t.to(dev))
         self.ddp.train()
         kind = self.model_cfg.prediction
-        rows, kinds, counter_ids = (self._contrast_rows(batch, ids, style, drop, step) if cfg.caption_contrast
+        contrasting = bool(cfg.caption_contrast or cfg.pixel_contrast)
+        rows, kinds, counter_ids = (self._contrast_rows(batch, ids, style, drop, step) if contrasting
                                     else ([], [], None))
         x_in, t_in, ids_in, style_in, cond_in, drop_in = x_t, t, ids, style, conditions, drop
         if rows:  # the counterfactual captions ride in the same forward pass (one DDP call per step)
@@ -771,22 +783,33 @@ class Trainer:
             weighted = weighted + cfg.temporal_weight * temporal
         weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma, kind, cfg.snr_floor).to(dev)
         loss = (weighted * weights).mean()
-        pixel = None
-        if cfg.pixel_weight:
+        pixel = frames = focus = None
+        if cfg.pixel_weight or (rows and cfg.pixel_contrast):  # the same random frames for both terms
             frames = torch.randperm(latent.shape[2], generator=g)[:PIXEL_FRAMES].sort().values
-            x0 = to_x0(pred.float(), x_t, t, kind, self.alphas_cumprod)
-            pixel = decoded_x0_loss(self.autoencoder, x0[:, :, frames], latent[:, :, frames],
-                                    None if batch.get("focus") is None else batch["focus"][:, :, frames].to(dev),
-                                    cfg.object_weight)
+            focus = None if batch.get("focus") is None else batch["focus"][:, :, frames].to(dev)
+
+        def decoded_error(prediction, rows_=slice(None)):  # decoded_x0_loss of predictions for samples rows_
+            x0 = to_x0(prediction.float(), x_t[rows_], t[rows_.cpu() if torch.is_tensor(rows_) else rows_], kind,
+                       self.alphas_cumprod)
+            return decoded_x0_loss(self.autoencoder, x0[:, :, frames], latent[rows_][:, :, frames],
+                                   None if focus is None else focus[rows_], cfg.object_weight)
+
+        if cfg.pixel_weight:
+            pixel = decoded_error(pred)
             loss = loss + cfg.pixel_weight * (pixel * pixel_snr_weights(self.alphas_cumprod, t).to(dev)).mean()
-        gap, gaps = None, {}
+        gap, gaps, pixel_gaps = None, {}, {}
         if rows:
             counter = weighted_mean((counter_pred.float() - goal[sel]).pow(2), cells[sel] if cells is not None else None)
-            loss = loss + cfg.caption_contrast * (caption_contrast_loss(plain[sel], counter, cfg.contrast_margin)
-                                                          * weights[sel]).sum() / b
-            rel = ((counter - plain[sel]) / plain[sel].clamp_min(1e-12)).detach()
-            gap = float(rel.mean())
-            gaps = {k: round(float(rel[[j for j, x in enumerate(kinds) if x == k]].mean()), 4) for k in sorted(set(kinds))}
+            if cfg.caption_contrast:
+                loss = loss + cfg.caption_contrast * (caption_contrast_loss(plain[sel], counter, cfg.contrast_margin)
+                                                      * weights[sel]).sum() / b
+            gap, gaps = relative_gaps(plain[sel], counter, kinds)
+            if cfg.pixel_contrast:
+                true_px = pixel[sel] if pixel is not None else decoded_error(pred[sel], sel)
+                counter_px = decoded_error(counter_pred, sel)
+                loss = loss + cfg.pixel_contrast * (caption_contrast_loss(true_px, counter_px, cfg.contrast_margin)
+                                                    * weights[sel]).sum() / b
+                _, pixel_gaps = relative_gaps(true_px, counter_px, kinds)
 
         lr = self.schedule.lr_at(step)
         for group in self.optimizer.param_groups:
@@ -799,7 +822,8 @@ class Trainer:
         return {"loss": float(loss.detach()), "mse": float(per_sample.detach().mean()),
                 "temporal_mse": None if temporal is None else float(temporal.detach().mean()),
                 "pixel_l1": None if pixel is None else float(pixel.detach().mean()),
-                "contrast_gap": gap, "contrast_gaps": gaps, "contrast_rows": len(rows),
+                "contrast_gap": gap, "contrast_gaps": gaps, "pixel_contrast_gaps": pixel_gaps,
+                "contrast_rows": len(rows),
                 "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr, "stage": stage,
                 "frames": latent.shape[2], "size": int(batch["video"].shape[-1])}
 
@@ -1006,9 +1030,11 @@ class Trainer:
                              "temporal_mse": out["temporal_mse"] and round(out["temporal_mse"], 6),
                              **({"pixel_l1": round(out["pixel_l1"], 6)} if cfg.pixel_weight else {}),
                              **({"contrast_gap": out["contrast_gap"] and round(out["contrast_gap"], 4)}
-                                if cfg.caption_contrast else {}),
+                                if cfg.caption_contrast or cfg.pixel_contrast else {}),
                              **({"contrast_gaps": out["contrast_gaps"]}
-                                if cfg.caption_contrast and self.contrast_attributes != ("direction",) else {}),
+                                if (cfg.caption_contrast or cfg.pixel_contrast)
+                                and self.contrast_attributes != ("direction",) else {}),
+                             **({"pixel_contrast_gaps": out["pixel_contrast_gaps"]} if cfg.pixel_contrast else {}),
                              "grad_norm": out["grad_norm"] and round(out["grad_norm"], 4), "lr": out["lr"],
                              "frames": out["frames"], "size": out["size"],
                              **({"simple": schedule.simple_at(step - 1)} if schedule.simple_until else {}),
