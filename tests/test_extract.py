@@ -93,6 +93,23 @@ def test_native_rate_motion_matches_the_truth(square_clip, tmp_path, capsys):
     assert np.abs(np.median(motion[1:, :, :, 88:], axis=(0, 2, 3))).max() < 0.25  # static right edge
 
 
+@pytest.mark.parametrize("extra", [[], ["--stride", "2"]])
+def test_still_threshold_sets_which_cells_read_zero(square_clip, tmp_path, capsys, extra):
+    """--still-threshold reaches both motion readers (the stream's own vectors, and the re-encode
+    of sampled frames) and the metadata: a threshold above any pixel change makes every cell
+    still, so the field is all zero; 0 keeps the square's vectors."""
+    fields = {}
+    for threshold in ("0", "1000"):
+        out = tmp_path / f"t{threshold}"
+        code, _, err = run_cli("extract", square_clip, "-o", out, "-c", "motion", "--no-previews",
+                               "--still-threshold", threshold, *extra, capsys=capsys)
+        assert code == 0, err
+        fields[threshold] = ConditionSet.load(out).motion
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["extractors"]["motion"]["still_threshold"] == float(threshold)
+    assert np.abs(fields["0"][1:]).max() > 1 and np.abs(fields["1000"]).max() == 0
+
+
 def test_stride_doubles_motion_and_size_scales_it(square_clip, tmp_path, capsys):
     code, _, err = run_cli("extract", square_clip, "-o", tmp_path / "s", "-c", "motion", "--stride", "2",
                            "--no-previews", capsys=capsys)
@@ -170,6 +187,7 @@ BAD_INPUTS = {
     "start past the end": lambda d, clip: ["extract", clip, "--start", "500"],
     "stride and fps": lambda d, clip: ["extract", clip, "--stride", "2", "--fps", "4"],
     "zero frames requested": lambda d, clip: ["extract", clip, "-n", "0"],
+    "negative still threshold": lambda d, clip: ["extract", clip, "-c", "motion", "--still-threshold", "-1"],
 }
 
 

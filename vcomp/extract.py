@@ -76,14 +76,14 @@ class _MotionSource:
     """Motion for successive chunks: the stream's own vectors at the native rate, or the
     vectors of a bf=0/refs=1 encode of the sampled frames when frames are skipped."""
 
-    def __init__(self, src: Path, sampling: Sampling, size, fps: float, native: bool):
+    def __init__(self, src: Path, sampling: Sampling, size, fps: float, native: bool, still_threshold: float):
         from vcomp.conditions import motion
 
-        self._motion, self.fps, self.native = motion, fps, native
+        self._motion, self.fps, self.native, self.still_threshold = motion, fps, native, still_threshold
         self._previous: np.ndarray | None = None
-        self.info = motion.extractor_info(units="pixels per sampled frame step")
+        self.info = motion.extractor_info(units="pixels per sampled frame step", still_threshold=still_threshold)
         if native:
-            self.reader = motion.MotionReader(src, size)
+            self.reader = motion.MotionReader(src, size, still_threshold=still_threshold)
             wanted = None
             if sampling.frames is not None:
                 wanted = range(sampling.start, sampling.start + sampling.frames)
@@ -97,9 +97,10 @@ class _MotionSource:
             self.info.update(method=self.reader.method_used, reason=self.reader.reason)
             return np.stack(fields)
         if self._previous is None:
-            out = self._motion.motion_from_frames(frames, self.fps)
+            out = self._motion.motion_from_frames(frames, self.fps, still_threshold=self.still_threshold)
         else:  # overlap one frame so motion continues across chunk boundaries
-            out = self._motion.motion_from_frames(np.concatenate([self._previous, frames]), self.fps)[1:]
+            out = self._motion.motion_from_frames(np.concatenate([self._previous, frames]), self.fps,
+                                                  still_threshold=self.still_threshold)[1:]
         self._previous = frames[-1:]
         return out
 
@@ -117,12 +118,19 @@ def extract(
     weights_dir: str | os.PathLike | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     log: Callable[[str], None] | None = None,
+    still_threshold: float | None = None,
 ) -> ExtractResult:
     """Extract `conditions` (default: all that need no extra input) from `src` into the folder
-    `output`. Raises InputError for bad input; nothing is written unless extraction completes."""
+    `output`. Raises InputError for bad input; nothing is written unless extraction completes.
+    `still_threshold`: motion cells whose pixels changed less than this (mean absolute luma
+    levels) read 0; None = `motion.STILL_THRESHOLD`, 0 = every vector the codec exported."""
     from vcomp.conditions import depth, image, sketch, style
     from vcomp.conditions import mask as masks
+    from vcomp.conditions import motion as motions
     from vcomp.conditions import previews as pv
+
+    still_threshold = motions.checked_still_threshold(
+        motions.STILL_THRESHOLD if still_threshold is None else still_threshold)
 
     started = time.perf_counter()
     src, output = Path(src), Path(output)
@@ -163,7 +171,8 @@ def extract(
         writers: dict[str, VideoWriter] = {}
         motion_source = None
         if "motion" in names:
-            motion_source = _MotionSource(src, sampling, size, fps, native=step == 1.0)
+            motion_source = _MotionSource(src, sampling, size, fps, native=step == 1.0,
+                                          still_threshold=still_threshold)
         indices: list[int] = []
         sheet_rows: dict[str, np.ndarray] = {}
         try:

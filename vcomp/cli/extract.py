@@ -12,7 +12,8 @@ EPILOG = """
 Examples:\n
   vcomp extract clip.mp4 -o conds/\n
   vcomp extract clip.mp4 -o conds/ --conditions motion,depth --frames 16 --fps 4 --size 256x256\n
-  vcomp extract clip.mp4 -o conds/ --box 0.25,0.25,0.5,0.5 --json
+  vcomp extract clip.mp4 -o conds/ --box 0.25,0.25,0.5,0.5 --json\n
+  vcomp extract clip.mp4 -o conds/ -c motion --still-threshold 0   (the codec's raw vectors)
 """
 
 
@@ -27,6 +28,7 @@ def extract(
     size: str = typer.Option(None, "--size", help="Output size WxH (scale to cover, centre-crop); motion vectors are rescaled. Default: source size."),
     mask: Path = typer.Option(None, "--mask", help="Mask video or image (white = region to regenerate); any size or length."),
     box: str = typer.Option(None, "--box", help="Mask box x,y,w,h in relative coordinates (0..1)."),
+    still_threshold: float = typer.Option(None, "--still-threshold", help="Motion: an 8-pixel cell whose pixels changed less than this since the previous frame (mean absolute luma levels, 0-255) reads 0; the encoder gives flat background near a moving object that object's vector. 0 = every vector the codec exported. Default: 2."),
     previews: bool = typer.Option(True, "--previews/--no-previews", help="Write preview videos and a contact sheet."),
     weights: Path = typer.Option(None, "--weights", help="Folder with optional extractor weights (MiDaS, PiDiNet, OpenCLIP). Default: $VCOMP_HOME or ~/.cache/vcomp."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (paths, shapes, extractors, timings) on stdout."),
@@ -42,7 +44,7 @@ def extract(
     with console.progress(f"extracting {src.name}") as update:
         result = api.extract(src, output, conditions=conditions, sampling=sampling, size=parse_size(size),
                              mask=mask, box=box, previews=previews, weights_dir=weights, progress=update,
-                             log=console.log)
+                             log=console.log, still_threshold=still_threshold)
     if json_out:
         console.print_json(result.to_dict())
     else:

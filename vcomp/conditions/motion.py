@@ -430,7 +430,7 @@ def still_cells(previous: np.ndarray, current: np.ndarray, threshold: float = ST
 FrameVectors = tuple[int, "np.ndarray | None", "np.ndarray | None"]
 
 
-def _checked_still_threshold(threshold: float) -> float:
+def checked_still_threshold(threshold: float) -> float:
     """`threshold` as a float; a negative or NaN one is an InputError (before any decoding)."""
     if not threshold >= 0:
         raise InputError(f"the still threshold must be 0 or more (got {threshold})")
@@ -442,7 +442,7 @@ class _StillFilter:
     frame's luma, the reference of every vector vcomp reads (one reference, no B-frames)."""
 
     def __init__(self, threshold: float = STILL_THRESHOLD):
-        self.threshold = _checked_still_threshold(threshold)
+        self.threshold = checked_still_threshold(threshold)
         self.previous: tuple | None = None
 
     def __call__(self, frame) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -796,7 +796,7 @@ class MotionReader:
                  still_threshold: float = STILL_THRESHOLD):
         if method not in ("auto", "direct", "reencode"):
             raise InputError(f"motion method {method!r} is not one of auto, direct, reencode")
-        self.still_threshold = _checked_still_threshold(still_threshold)
+        self.still_threshold = checked_still_threshold(still_threshold)
         self.path = Path(path)
         self.size = (int(size[0]), int(size[1])) if size is not None else None
         if self.size is not None and (self.size[0] < 16 or self.size[1] < 16):
