@@ -108,6 +108,9 @@ def test_still_threshold_sets_which_cells_read_zero(square_clip, tmp_path, capsy
         meta = json.loads((out / "meta.json").read_text())
         assert meta["extractors"]["motion"]["still_threshold"] == float(threshold)
     assert np.abs(fields["0"][1:]).max() > 1 and np.abs(fields["1000"]).max() == 0
+    code, _, err = run_cli("extract", square_clip, "-o", tmp_path / "d", "-c", "depth", "--no-previews",
+                           "--still-threshold", "0", *extra, capsys=capsys)
+    assert code == 0 and "motion only" in err  # said, not silently ignored
 
 
 def test_stride_doubles_motion_and_size_scales_it(square_clip, tmp_path, capsys):

@@ -39,6 +39,8 @@ def extract(
     from vcomp.io import Sampling, parse_size
 
     console.set_quiet(quiet)
+    if still_threshold is not None and conditions and "motion" not in {c.strip() for c in conditions.split(",")}:
+        console.warn("--still-threshold applies to motion only, which is not among --conditions")
     sampling = Sampling(frames=frames, stride=stride, fps=fps, start=start)
     output = output or Path(f"{src.stem}_conditions")
     with console.progress(f"extracting {src.name}") as update:
