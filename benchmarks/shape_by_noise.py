@@ -32,15 +32,11 @@ def shape_of(frames: np.ndarray) -> str | None:
     return analyse_object(frames)["shape"]
 
 
-def to_frames(video: torch.Tensor) -> np.ndarray:
-    """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
-    return ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
-
-
 def x0_shapes(pipe, cases, timesteps: list[int], seed: int) -> dict[int, list]:
     """Per timestep, the shape of the decoded one-pass clean-latent prediction of every case."""
     from vcomp.engine import get_scheduler
     from vcomp.engine.parameterization import to_x0
+    from vcomp.pipeline import _uint8_frames
 
     unet, ae = pipe.unet, pipe.autoencoder
     zero_snr = bool(getattr(unet.cfg, "zero_terminal_snr", False))
@@ -58,7 +54,7 @@ def x0_shapes(pipe, cases, timesteps: list[int], seed: int) -> dict[int, list]:
                 noise = torch.randn(z0.shape, generator=g)
                 x_t = alphas[t].sqrt() * z0 + (1 - alphas[t]).sqrt() * noise
                 x0 = to_x0(unet(x_t, tt, context).float(), x_t, tt, kind, alphas)
-                out[t].append(shape_of(to_frames(ae.decode(x0))))
+                out[t].append(shape_of(_uint8_frames(ae.decode(x0))))
     return out
 
 

@@ -36,10 +36,11 @@ def extract(
 ) -> None:
     """Extract conditions from a video into a folder: conditions.safetensors, meta.json, previews/."""
     from vcomp import api
+    from vcomp.conditions.condition_set import parse_names
     from vcomp.io import Sampling, parse_size
 
     console.set_quiet(quiet)
-    if still_threshold is not None and conditions and "motion" not in {c.strip() for c in conditions.split(",")}:
+    if still_threshold is not None and conditions and "motion" not in parse_names(conditions):
         console.warn("--still-threshold applies to motion only, which is not among --conditions")
     sampling = Sampling(frames=frames, stride=stride, fps=fps, start=start)
     output = output or Path(f"{src.stem}_conditions")
