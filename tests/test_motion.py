@@ -480,3 +480,30 @@ def test_real_clip_native_size():
     field = M.extract_motion(path, indices=range(0, 24))
     assert field.shape[0] == 24 and field.shape[1] == 2 and np.isfinite(field).all()
     assert np.abs(field).max() < 200
+
+
+def test_a_still_grid_of_another_size_is_fitted_to_the_vector_grid():
+    """A still-cell grid that does not match the vector grid (a decoder padding its planes another
+    way) is mapped cell to nearest cell instead of being skipped."""
+    still = np.array([[True, False], [False, True]])
+    assert M._fitted(still, (2, 2)) is still
+    fitted = M._fitted(still, (4, 4))
+    assert fitted.dtype == bool and fitted.shape == (4, 4)
+    assert fitted[:2, :2].all() and fitted[2:, 2:].all() and not fitted[:2, 2:].any() and not fitted[2:, :2].any()
+
+
+def test_midstream_keyframes_keep_their_still_cells_at_zero(tmp_path):
+    """A keyframe mid-stream has no vectors and is filled with its neighbours' mean field; the
+    cells of it whose pixels did not change still read 0, as in every other frame."""
+    frames = flat_square()
+    path = clips.encode(frames, tmp_path / "gop.mp4", {**clips.X264_ONE_REF, "g": "5", "sc_threshold": "0"}, fps=8)
+    keyframes = [i for i, c in enumerate(clips.frame_types(path)) if c == "I" and i > 0]
+    assert keyframes
+    reader = M.MotionReader(path)
+    field = np.stack([f for _, f in reader])
+    assert reader.method_used == "direct"
+    speed = np.hypot(field[:, 0], field[:, 1])
+    unchanged = unchanged_cells(frames)
+    for k in keyframes:
+        assert not speed[k][unchanged[k]].any()  # the background of the filled frame
+        assert speed[k][~unchanged[k]].max() > 1  # the square's edges keep the neighbours' motion

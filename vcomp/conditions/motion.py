@@ -451,7 +451,7 @@ class _StillFilter:
         if not self.threshold:
             return mvs, None
         luma, still = frame_luma(frame), None
-        if mvs is not None and len(mvs) and self.previous is not None and self.previous[1].shape == luma.shape:
+        if self.previous is not None and self.previous[1].shape == luma.shape:  # also vector-less frames: filled later
             still = still_cells(self.previous[1], luma, self.threshold)
         self.previous = (frame, luma)  # the frame keeps its buffer (and so the luma view) alive
         return mvs, still
@@ -543,10 +543,24 @@ class _NotDirect(Exception):
         self.index = index
 
 
+def _fitted(still: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A still-cell grid on the vector grid's cells: the same grid, or (a decoder that pads its
+    planes differently) the nearest cell of it, rather than silently not filtering."""
+    if still.shape == tuple(shape):
+        return still
+    import cv2
+
+    return cv2.resize(still.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+#: what the grid stages yield per frame: (index, grid [2, hg, wg] or None when the frame has no
+#: vectors, None or that vector-less frame's still cells, for `_fill_missing`)
+FrameGrid = tuple[int, "np.ndarray | None", "np.ndarray | None"]
+
+
 def _batched_grids(items: Iterable[FrameVectors], width: int, height: int,
-                   strict: bool = False) -> Iterator[tuple[int, np.ndarray | None]]:
-    """(index, vectors, still cells) -> (index, grid or None when the frame has no vectors), still
-    cells at 0, rasterising GRID_BATCH frames per vectorised pass. `strict`: a batch with any future-reference vector
+                   strict: bool = False) -> Iterator[FrameGrid]:
+    """(index, vectors, still cells) -> `FrameGrid`s, still cells at 0, rasterising GRID_BATCH frames per vectorised pass. `strict`: a batch with any future-reference vector
     raises _NotDirect at its first frame (none of the batch is yielded). A _NotDirect raised by
     `items` is re-raised after the frames before it are yielded."""
 
@@ -555,9 +569,12 @@ def _batched_grids(items: Iterable[FrameVectors], width: int, height: int,
         if strict and future:
             raise _NotDirect(batch[0][0], "future-reference (B) vectors")
         for k, (index, mvs, still) in enumerate(batch):
-            if still is not None and still.shape == grids.shape[2:]:
-                grids[k][:, still] = 0
-            yield index, (grids[k] if mvs is not None and len(mvs) else None)
+            if mvs is None or not len(mvs):
+                yield index, None, still
+                continue
+            if still is not None:
+                grids[k][:, _fitted(still, grids.shape[2:])] = 0
+            yield index, grids[k], None
 
     batch: list = []
     blocks = 0
@@ -576,29 +593,36 @@ def _batched_grids(items: Iterable[FrameVectors], width: int, height: int,
         yield from run(batch)
 
 
-def _fill_missing(grids: Iterable[tuple[int, np.ndarray | None]],
-                  shape: tuple[int, int, int]) -> Iterator[tuple[int, np.ndarray]]:
+def _fill_missing(grids: Iterable[FrameGrid], shape: tuple[int, int, int]) -> Iterator[tuple[int, np.ndarray]]:
     """Frame 0 -> zeros; a later frame without vectors -> mean of the previous and next grids
-    (the previous alone when the stream ends)."""
+    (the previous alone when the stream ends), its own still cells at 0 as in any other frame."""
     previous = None
-    waiting: list[int] = []
-    for index, grid in grids:
+    waiting: list[tuple[int, np.ndarray | None]] = []
+
+    def filled(estimate: np.ndarray, still: np.ndarray | None) -> np.ndarray:
+        if still is None:
+            return estimate
+        out = estimate.copy()
+        out[:, _fitted(still, shape[1:])] = 0
+        return out
+
+    for index, grid, still in grids:
         if previous is None:
             previous = np.zeros(shape, np.float32)
             yield index, previous
             continue
         if grid is None:
-            waiting.append(index)
+            waiting.append((index, still))
             continue
         if waiting:
             mean = (previous + grid) * np.float32(0.5)
-            for w in waiting:
-                yield w, mean
+            for w, cells in waiting:
+                yield w, filled(mean, cells)
             waiting = []
         previous = grid
         yield index, grid
-    for w in waiting:
-        yield w, previous
+    for w, cells in waiting:
+        yield w, filled(previous, cells)
 
 
 def motion_from_frames(frames: np.ndarray, fps: float = 8.0, *, preset: str = REENCODE_PRESET,
@@ -706,25 +730,25 @@ def _direct_vectors(path: Path, container=None,
         stream.thread_type = "AUTO"
         stream.codec_context.options = {"flags2": "+export_mvs"}
         vectors = _StillFilter(still_threshold)
-        held: int | None = None  # a vector-less frame waits for its successor
+        held: tuple | None = None  # a vector-less frame (index, still cells) waits for its successor
         try:
             for index, frame in enumerate(container.decode(stream)):
                 if frame.pict_type == 3:  # AV_PICTURE_TYPE_B
-                    raise _NotDirect(index if held is None else held, "B-frame")
+                    raise _NotDirect(index if held is None else held[0], "B-frame")
                 mvs, still = vectors(frame)
                 if index and (mvs is None or not len(mvs)):
                     if held is not None:
-                        raise _NotDirect(held, "two frames in a row without vectors")
-                    held = index
+                        raise _NotDirect(held[0], "two frames in a row without vectors")
+                    held = (index, still)
                     continue
                 if held is not None:
-                    yield held, None, None
+                    yield held[0], None, held[1]
                     held = None
                 yield index, mvs, still
         except av.error.FFmpegError as exc:
             raise _decode_error(path, exc) from None
         if held is not None:
-            yield held, None, None
+            yield held[0], None, held[1]
 
 
 def _reencoded_vectors(path: Path, start: int, size: Size | None, fps: float, src: Size,
@@ -852,7 +876,7 @@ class MotionReader:
         w, h = self.out_size
         return motion_nbytes(self.frame_count if frames is None else frames, w, h)
 
-    def _raw_grids(self) -> Iterator[tuple[int, np.ndarray | None]]:
+    def _raw_grids(self) -> Iterator[FrameGrid]:
         start, size = 0, self.size if self.grid_at_out else None
         if self.method == "direct":
             try:
@@ -868,11 +892,11 @@ class MotionReader:
         w, h = size or self.src
         _, hg, wg = self.grid_shape
         vectors = _reencoded_vectors(self.path, start, size, self.fps, self.src, self.still_threshold)
-        for index, grid in _batched_grids(vectors, _even(w), _even(h)):
+        for index, grid, still in _batched_grids(vectors, _even(w), _even(h)):
             if grid is not None and grid.shape != self.grid_shape:  # encoded 1 px smaller (odd size)
                 grid = np.pad(grid[:, :hg, :wg], ((0, 0), (0, hg - min(hg, grid.shape[1])),
                                                   (0, wg - min(wg, grid.shape[2]))), mode="edge")
-            yield index, grid
+            yield index, grid, still
 
     def iter_grids(self, indices: Iterable[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield `(frame_index, grid[2, hg, wg])`: the 8-pixel cell grid of each frame (of the
