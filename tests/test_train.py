@@ -756,9 +756,11 @@ def test_a_zero_terminal_snr_fine_tune_trains_on_the_rescaled_schedule_and_its_e
     assert main(["models", "--weights", str(export), "--json"]) == 0  # `vcomp models` tells the schedule
     listed = {f["key"]: f for f in json.loads(capsys.readouterr().out)["files"]}
     assert listed["embedded"]["noise_schedule"] == "zero terminal SNR"
+    assert listed["embedded"]["sampling_start"] == {"steps": 50, "timestep": 999, "spacing": "trailing"}
     assert main(["models", "--weights", str(base), "--json"]) == 0
     listed = {f["key"]: f for f in json.loads(capsys.readouterr().out)["files"]}
     assert listed["embedded"]["noise_schedule"] == "published"
+    assert listed["embedded"]["sampling_start"] == {"steps": 50, "timestep": 981, "spacing": "leading"}
     import vcomp.engine
 
     seen = []

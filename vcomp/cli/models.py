@@ -59,8 +59,10 @@ def models(
         r = embedded["temporal_refiner"]
         out.print(f"temporal refiner: {r['layers']} 3D convolutions of width {r['width']} after the decoder (deflicker)")
     if gen["preset"] == "tiny" and embedded.get("noise_schedule"):
-        start = "999, trailing" if embedded["noise_schedule"] != "published" else "981, leading, as published"
-        out.print(f"noise schedule: {embedded['noise_schedule']} (50 DDIM steps start at t = {start})")
+        start = embedded.get("sampling_start")
+        when = (f" ({start['steps']} DDIM steps start at t = {start['timestep']}, {start['spacing']} spacing)"
+                if start else "")
+        out.print(f"noise schedule: {embedded['noise_schedule']}{when}")
     for name, extractor in report["extractors"].items():
         out.print(f"{name} extractor: {extractor}")
 
