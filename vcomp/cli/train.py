@@ -39,7 +39,7 @@ _FIELDS = {
     "text_len": "text_len", "user_path_prob": "user_path_prob", "object_weight": "object_weight",
     "temporal_weight": "temporal_weight", "pixel_weight": "pixel_weight", "caption_contrast": "caption_contrast",
     "contrast_attributes": "contrast_attributes", "contrast_margin": "contrast_margin",
-    "pixel_contrast": "pixel_contrast",
+    "pixel_contrast": "pixel_contrast", "shape_weight": "shape_weight",
     "snr_floor": "snr_floor", "simple_until": "simple_until",
 }
 
@@ -64,6 +64,7 @@ def train(
     contrast_attributes: str = typer.Option(None, "--contrast-attributes", help="What --caption-contrast changes in the caption: a comma list of direction (reversed; samples with no moving condition or style), shape, colour (replaced; samples with no condition or style at all), taken in turn. Default: direction."),
     contrast_margin: float = typer.Option(None, "--contrast-margin", help="How much better (a fraction of its loss) the true caption must be than the changed one before --caption-contrast stops paying; raise it for a word the model already uses a little (shape: gaps of ~5%). Default: 0.05."),
     pixel_contrast: float = typer.Option(None, "--pixel-contrast", help="Weight of the same caption contrast measured on decoded pixels (the --pixel-weight comparison of two frames) instead of the latent: a shape word moves a few small latent values but a visible part of the object's pixels. Uses --contrast-attributes and --contrast-margin; works with or without --caption-contrast. 0 = off. Default: 0."),
+    shape_weight: float = typer.Option(None, "--shape-weight", help="World data: weight of a shape term. A small classifier of the world's four shapes is trained first on frames seen through the autoencoder (about a minute; kept as OUT/shape_critic.safetensors), then judges two decoded frames of the predicted clean clip, cropped where the object truly is, for one-object samples told their shape (t < 800); the cross-entropy is added. Shapes are decided at mid noise, where the plain loss barely weighs them. 0 = off. Default: 0."),
     grad_clip: float = typer.Option(None, "--grad-clip", help="Gradient-norm clip; 0 = off. Default: 1."),
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay. Default: 0.01."),
     frames_curriculum: str = typer.Option(None, "--frames-curriculum", help="Frames per clip over training: '8,16' (even split) or '8:3000,16'. Default: 16."),
@@ -225,6 +226,9 @@ class _Progress:
             self.bar.console.print(f"step {info['step']}: held-out MSE (EMA) {info['eval_mse_ema']:.4f}")
         elif kind == "export":
             self.bar.console.print(f"exported the EMA weights to {info['path']}")
+        elif kind == "shape_critic" and info["status"] == "trained":
+            self.bar.console.print(f"shape critic {info['path']}: held-out accuracy {info['clean_accuracy']:.1%} "
+                                   f"on clean frames, {info['decoded_accuracy']:.1%} through the autoencoder")
 
 
 AE_EPILOG = """

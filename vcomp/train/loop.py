@@ -111,6 +111,7 @@ class TrainConfig:
     contrast_attributes: str = "direction"  # what the counterfactual captions change: direction, shape, colour (comma list)
     contrast_margin: float = CONTRAST_MARGIN  # --contrast-margin
     pixel_contrast: float = 0.0  # weight of the same hinge on decoded pixels (decoded_x0_loss; 0: off)
+    shape_weight: float = 0.0  # weight of the shape critic's cross-entropy on decoded x0 (world data; 0: off)
     frames_curriculum: str = "16"  # "8,16" (even split of the steps) or "8:4000,16" (until step 4000)
     size_curriculum: str | None = None  # e.g. "32,64"; default: the preset's size (64 for tiny)
     simple_until: int = 0  # world data: steps before this one see simple scenes (one object, solid background)
@@ -297,6 +298,11 @@ def weighted_mean(values: torch.Tensor, cells: torch.Tensor | None) -> torch.Ten
     if cells is None:
         return values.mean(dim=dims)
     return (values * cells).mean(dim=dims) / cells.expand_as(values).mean(dim=dims)
+
+
+#: the --shape-weight term judges timesteps below this one: above it (zero terminal SNR at 999)
+#: the model cannot know where the object is, and the crop at its true place would judge a guess
+SHAPE_T_MAX = 800
 
 
 #: conditions that show one frame, so say nothing about which way objects move: a sample with one
@@ -622,7 +628,7 @@ class Trainer:
         for flag, value in (("--object-weight", cfg.object_weight), ("--temporal-weight", cfg.temporal_weight),
                             ("--pixel-weight", cfg.pixel_weight),
                             ("--caption-contrast", cfg.caption_contrast), ("--contrast-margin", cfg.contrast_margin),
-                            ("--pixel-contrast", cfg.pixel_contrast),
+                            ("--pixel-contrast", cfg.pixel_contrast), ("--shape-weight", cfg.shape_weight),
                             ("--simple-until", cfg.simple_until)):
             if not value >= 0:
                 raise InputError(f"{flag} must be 0 or more (got {value})")
@@ -638,6 +644,56 @@ class Trainer:
         self.record = copy.deepcopy(ckpt.record) if ckpt is not None else {}
         self.loss_ema = ckpt.state.get("loss_ema") if ckpt is not None else None
         self.dataset = TrainDataset(self.source, self.adapter)
+        self.shape_critic = self._shape_critic() if cfg.shape_weight else None
+
+    def _shape_critic(self):
+        """The frozen shape classifier of the --shape-weight term: OUT/shape_critic.safetensors when
+        the run has one (resume), else trained now on world frames through this run's autoencoder
+        (about a minute) and saved there. Every process trains the same one from the run's seed."""
+        from safetensors.torch import load_file, save_file
+
+        from vcomp.train.shape_critic import ShapeCritic, train_shape_critic
+
+        if self.cfg.data != "world":
+            raise InputError("--shape-weight needs the procedural world (--data world): it knows each clip's shapes")
+        path = self.out / "shape_critic.safetensors"
+        if path.is_file():
+            critic = ShapeCritic()
+            critic.load_state_dict(load_file(str(path)))
+            critic.eval().requires_grad_(False)
+        else:
+            self.on_event("shape_critic", {"path": str(path), "status": "training"})
+            critic, record = train_shape_critic(self.autoencoder, seed=self.cfg.seed)
+            if self.rank == 0:
+                self.out.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                save_file(critic.state_dict(), str(tmp), metadata={k: str(v) for k, v in record.items()})
+                tmp.replace(path)
+            self.on_event("shape_critic", {"path": str(path), "status": "trained", **record})
+        return critic.to(self.device)
+
+    def _shape_rows(self, batch: dict, ids: torch.Tensor, drop, t: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Samples the --shape-weight term judges, and their shape labels: one-object world captions
+        at t < SHAPE_T_MAX whose shape the model is told (the caption kept, or any condition but
+        the style, all of which show the object)."""
+        from vcomp.model.embedders import PAD
+        from vcomp.train.synthetic import SHAPES, parse_caption
+
+        text_kept = (ids != self.model.text.index[PAD]).sum(dim=1) > 2
+        rows, labels = [], []
+        for i, text in enumerate(batch["caption"]):
+            if int(t[i]) >= SHAPE_T_MAX:
+                continue
+            shown = bool(text_kept[i]) or (drop is not None and any(float(v[i]) > 0 for k, v in drop.items()
+                                                                     if k != "style"))
+            try:
+                objects = parse_caption(text)["objects"]
+            except ValueError:
+                continue
+            if shown and len(objects) == 1:
+                rows.append(i)
+                labels.append(SHAPES.index(objects[0]["shape"]))
+        return rows, labels
 
     def _autoencoder(self, base, ckpt, init):
         """The frozen latent space: the checkpoint's (resume), --autoencoder, the --init model's, or
@@ -784,15 +840,17 @@ class Trainer:
         weights = min_snr_weights(self.alphas_cumprod, t, cfg.min_snr_gamma, kind, cfg.snr_floor).to(dev)
         loss = (weighted * weights).mean()
         pixel = frames = focus = None
-        if cfg.pixel_weight or (rows and cfg.pixel_contrast):  # the same random frames for both terms
+        shape_rows, shape_labels = (self._shape_rows(batch, ids, drop, t)
+                                    if self.shape_critic is not None and batch.get("focus") is not None else ([], []))
+        if cfg.pixel_weight or (rows and cfg.pixel_contrast) or shape_rows:  # the same random frames for all terms
             frames = torch.randperm(latent.shape[2], generator=g)[:PIXEL_FRAMES].sort().values
             focus = None if batch.get("focus") is None else batch["focus"][:, :, frames].to(dev)
 
-        def decoded_error(prediction, rows_=slice(None)):  # decoded_x0_loss of predictions for samples rows_
-            x0 = to_x0(prediction.float(), x_t[rows_], t[rows_.cpu() if torch.is_tensor(rows_) else rows_], kind,
-                       self.alphas_cumprod)
-            return decoded_x0_loss(self.autoencoder, x0[:, :, frames], latent[rows_][:, :, frames],
-                                   None if focus is None else focus[rows_], cfg.object_weight)
+        def decoded_error(prediction, rows_=None):  # decoded_x0_loss of predictions for samples rows_ (a list)
+            pick = (lambda v: v) if rows_ is None else (lambda v: v[torch.as_tensor(rows_, device=v.device)])  # noqa: E731
+            x0 = to_x0(prediction.float(), pick(x_t), pick(t), kind, self.alphas_cumprod)
+            return decoded_x0_loss(self.autoencoder, x0[:, :, frames], pick(latent)[:, :, frames],
+                                   None if focus is None else pick(focus), cfg.object_weight)
 
         if cfg.pixel_weight:
             pixel = decoded_error(pred)
@@ -805,11 +863,17 @@ class Trainer:
                                                       * weights[sel]).sum() / b
             gap, gaps = relative_gaps(plain[sel], counter, kinds)
             if cfg.pixel_contrast:
-                true_px = pixel[sel] if pixel is not None else decoded_error(pred[sel], sel)
-                counter_px = decoded_error(counter_pred, sel)
+                true_px = pixel[sel] if pixel is not None else decoded_error(pred[sel], rows)
+                counter_px = decoded_error(counter_pred, rows)
                 loss = loss + cfg.pixel_contrast * (caption_contrast_loss(true_px, counter_px, cfg.contrast_margin)
                                                     * weights[sel]).sum() / b
                 _, pixel_gaps = relative_gaps(true_px, counter_px, kinds)
+
+        shape_ce = shape_acc = None
+        if shape_rows:
+            shape_ce, shape_acc = self._shape_term(pred, x_t, t, shape_rows, shape_labels, frames, focus)
+            if shape_ce is not None:
+                loss = loss + cfg.shape_weight * shape_ce
 
         lr = self.schedule.lr_at(step)
         for group in self.optimizer.param_groups:
@@ -824,8 +888,28 @@ class Trainer:
                 "pixel_l1": None if pixel is None else float(pixel.detach().mean()),
                 "contrast_gap": gap, "contrast_gaps": gaps, "pixel_contrast_gaps": pixel_gaps,
                 "contrast_rows": len(rows),
+                "shape_ce": None if shape_ce is None else float(shape_ce.detach()), "shape_acc": shape_acc,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr, "stage": stage,
                 "frames": latent.shape[2], "size": int(batch["video"].shape[-1])}
+
+    def _shape_term(self, pred, x_t, t, rows: list[int], labels: list[int], frames, focus):
+        """Mean cross-entropy of the shape critic on the decoded x0 prediction of `rows` (at the
+        step's decoded frames, cropped where each object truly is), and the critic's accuracy."""
+        from vcomp.train.shape_critic import critic_logits
+
+        dev = pred.device
+        sel = torch.tensor(rows)
+        x0 = to_x0(pred[sel.to(dev)].float(), x_t[sel.to(dev)], t[sel], self.model_cfg.prediction, self.alphas_cumprod)
+        video = self.autoencoder.decode(x0[:, :, frames], refine=False).float()  # [r, 3, F, H, W]
+        shown = video.transpose(1, 2).reshape(-1, *video.shape[1:2], *video.shape[-2:])
+        masks = focus[sel.to(dev)][:, 0].reshape(-1, *focus.shape[-2:])
+        logits, counted = critic_logits(self.shape_critic, shown, masks)
+        y = torch.tensor(labels, device=dev).repeat_interleave(len(frames))
+        if not bool(counted.any()):
+            return None, None
+        ce = F.cross_entropy(logits[counted], y[counted])
+        acc = float((logits.argmax(1) == y)[counted].float().mean())
+        return ce, round(acc, 4)
 
     @torch.no_grad()
     def fixed_loss(self, model: nn.Module, batch: dict, stage: int, seed: int = 1234,
@@ -1035,6 +1119,8 @@ class Trainer:
                                 if (cfg.caption_contrast or cfg.pixel_contrast)
                                 and self.contrast_attributes != ("direction",) else {}),
                              **({"pixel_contrast_gaps": out["pixel_contrast_gaps"]} if cfg.pixel_contrast else {}),
+                             **({"shape_ce": None if out["shape_ce"] is None else round(out["shape_ce"], 4),
+                                 "shape_acc": out["shape_acc"]} if cfg.shape_weight else {}),
                              "grad_norm": out["grad_norm"] and round(out["grad_norm"], 4), "lr": out["lr"],
                              "frames": out["frames"], "size": out["size"],
                              **({"simple": schedule.simple_at(step - 1)} if schedule.simple_until else {}),
