@@ -110,28 +110,34 @@ def _flat(frames: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> tuple[to
     return x, m, y
 
 
+def _device_of(module) -> torch.device:
+    """Where a module's weights live (CPU for the parameter-free pixel unshuffle)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
 @torch.no_grad()
 def _as_seen(autoencoder, frames: torch.Tensor, g: torch.Generator, noise: float, chunk: int = 256) -> torch.Tensor:
     """Frames [N, 3, H, W] in [-1, 1] the way the training term shows them: a third clean, a
     third through the autoencoder, a third through it with latent noise of std U(0, noise)."""
-    out = frames.clone()
+    out, dev = frames.clone(), _device_of(autoencoder)
     which = torch.randint(0, 3, (frames.shape[0],), generator=g)
     for lo in range(0, frames.shape[0], chunk):
         part = slice(lo, lo + chunk)
         coded = torch.nonzero(which[part] > 0).flatten() + lo
         if not len(coded):
             continue
-        z = autoencoder.encode(frames[coded].unsqueeze(2))  # one-frame clips [n, 3, 1, H, W]
+        z = autoencoder.encode(frames[coded].unsqueeze(2).to(dev)).float().cpu()  # one-frame clips [n, 3, 1, H, W]
         std = torch.rand(len(coded), generator=g) * noise * (which[coded] == 2).float()
         z = z + std.view(-1, 1, 1, 1, 1) * torch.randn(z.shape, generator=g)
-        out[coded] = autoencoder.decode(z, refine=False)[:, :, 0].float().clamp(-1, 1)
+        out[coded] = autoencoder.decode(z.to(dev), refine=False)[:, :, 0].float().clamp(-1, 1).cpu()
     return out
 
 
 def train_shape_critic(autoencoder, seed: int = 0, steps: int = 1500, clips: int = 1536, batch: int = 128,
                        lr: float = 2e-3, noise: float = 0.3, on_step=None) -> tuple[ShapeCritic, dict]:
-    """Train a ShapeCritic on one-object world frames seen through `autoencoder` (frozen); returns
-    it (eval mode, frozen) and a record with its held-out accuracies (clean, decoded)."""
+    """Train a ShapeCritic on one-object world frames seen through `autoencoder` (frozen, on its
+    own device); the critic trains on the CPU (24 k parameters). Returns it (eval mode, frozen)
+    and a record with its held-out accuracies (clean, decoded)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x, m, y = _flat(*_world_frames(seed, clips, "train"))
@@ -161,7 +167,8 @@ def train_shape_critic(autoencoder, seed: int = 0, steps: int = 1500, clips: int
 def critic_accuracy(critic: ShapeCritic, autoencoder, seed: int = 0, clips: int = 96) -> dict:
     """Held-out accuracy of the critic on clean frames and on autoencoder reconstructions."""
     x, m, y = _flat(*_world_frames(seed + 1, clips, "heldout"))
-    decoded = autoencoder.decode(autoencoder.encode(x.unsqueeze(2)), refine=False)[:, :, 0].float().clamp(-1, 1)
+    dev = _device_of(autoencoder)
+    decoded = autoencoder.decode(autoencoder.encode(x.unsqueeze(2).to(dev)), refine=False)[:, :, 0].float().clamp(-1, 1).cpu()
     out = {}
     for name, v in (("clean_accuracy", x), ("decoded_accuracy", decoded)):
         logits, counted = critic_logits(critic, v, m)
