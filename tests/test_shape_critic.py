@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_train import micro
+from test_train import MICRO_JSON, _write_folder, micro
 
 import vcomp.train.loop as loop
 from vcomp.errors import InputError
@@ -63,3 +63,18 @@ def test_shape_weight_adds_the_critic_cross_entropy(tmp_path, monkeypatch):
     assert a["shape_ce"] is None
     with pytest.raises(InputError, match="--shape-weight"):
         loop.Trainer(micro(tmp_path / "c", stage="1", steps=1, shape_weight=-1.0)).setup()
+
+
+def test_shape_weight_on_a_folder_is_a_one_line_error(tmp_path, capsys):
+    """A user's folder has no shape labels: `vcomp train --data FOLDER --shape-weight` says so and
+    exits with the input-error code (2) without a traceback or a run folder's critic."""
+    from vcomp.cli import main
+
+    _write_folder(tmp_path / "clips")
+    args = ["train", "--data", str(tmp_path / "clips"), "--stage", "1", "--steps", "1", "--batch", "2",
+            "--frames-curriculum", "4", "--size-curriculum", "32", "--workers", "0", "--threads", "1",
+            "--model-json", MICRO_JSON, "--shape-weight", "0.01", "--out", str(tmp_path / "run"), "-q"]
+    assert main(args) == InputError.exit_code
+    err = capsys.readouterr().err
+    assert "--shape-weight needs the procedural world" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "shape_critic.safetensors").exists()

@@ -775,3 +775,11 @@ def test_a_zero_terminal_snr_fine_tune_trains_on_the_rescaled_schedule_and_its_e
     frames = Pipeline.load(device="cpu", preset="tiny", assets=export).generate(
         None, "a red circle", steps=2, size=(32, 32), num_frames=4).frames
     assert frames.shape == (4, 32, 32, 3) and seen == [("v_prediction", 999, True)]
+
+
+def test_a_model_json_the_config_refuses_is_an_input_error(tmp_path):
+    """--model-json with a width the norm groups do not divide, or an unknown field, is the user's
+    one-line input error (it was reported as an internal error)."""
+    for bad, word in (({**MICRO, "dim": 12}, "must divide"), ({**MICRO, "no_such_field": 1}, "no_such_field")):
+        with pytest.raises(InputError, match=f"--model-json: .*{word}"):
+            Trainer(micro(tmp_path / "run", stage="1", steps=1, model=bad)).setup()

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -65,6 +66,9 @@ from vcomp.train.data import (
 )
 from vcomp.train.dropout import DropoutConfig, drop_captions, drop_text_beside_style, sample_keep
 from vcomp.weights.embedded import autoencoder_spec, autoencoder_tensors, refiner_tensors
+
+if TYPE_CHECKING:
+    from vcomp.model.config import ModelConfig
 
 Event = Callable[[str, dict], None]
 
@@ -407,6 +411,15 @@ def _now() -> str:
 EVAL_SEED = 0
 
 
+def _overridden(make: Callable[[], ModelConfig]) -> ModelConfig:
+    """A model config with the run's --model-json overrides; one that the config refuses (an
+    unknown field, a width the norm groups do not divide) is the user's input error."""
+    try:
+        return make()
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"--model-json: {exc}") from None
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, on_event: Event | None = None):
         self.cfg = cfg
@@ -533,10 +546,10 @@ class Trainer:
             base = ModelConfig.from_dict(ckpt.record["model"])
             text_spec = dict(ckpt.record["text_encoder"])
         elif init is not None:  # --model-json / --prediction override the initial model's config
-            base = replace(ModelConfig.from_dict(init.model), **cfg.model)
+            base = _overridden(lambda: replace(ModelConfig.from_dict(init.model), **cfg.model))
             text_spec = dict(init.text_encoder)
         else:
-            base = get_config(cfg.preset, **cfg.model)
+            base = _overridden(lambda: get_config(cfg.preset, **cfg.model))
             need = self.source.max_tokens()
             text_len = cfg.text_len or min(77, max(base.text_len, 8 * math.ceil(need / 8)))
             base = replace(base, text_len=text_len)
