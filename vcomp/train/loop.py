@@ -689,10 +689,9 @@ class Trainer:
         """Samples the --shape-weight term judges, and their shape labels: one-object world captions
         at t < SHAPE_T_MAX whose shape the model is told (the caption kept, or any condition but
         the style, all of which show the object)."""
-        from vcomp.model.embedders import PAD
         from vcomp.train.synthetic import SHAPES, parse_caption
 
-        text_kept = (ids != self.model.text.index[PAD]).sum(dim=1) > 2
+        text_kept = self._text_kept(ids)
         rows, labels = [], []
         for i, text in enumerate(batch["caption"]):
             if int(t[i]) >= SHAPE_T_MAX:
@@ -768,6 +767,12 @@ class Trainer:
         ids = self.model.text.tokenize(captions)[0].to(dev)
         return latent, ids, style, conditions, drop
 
+    def _text_kept(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B] bool: the samples whose caption survived the dropout (more than <bos> <eos>)."""
+        from vcomp.model.embedders import PAD
+
+        return (ids != self.model.text.index[PAD]).sum(dim=1) > 2
+
     def _contrast_rows(self, batch: dict, ids: torch.Tensor, style, drop,
                        step: int = 0) -> tuple[list[int], list[str], torch.Tensor | None]:
         """The samples whose caption is this step's only word on one of `contrast_attributes`, the
@@ -776,10 +781,9 @@ class Trainer:
         style (STILL_CONDITIONS show one frame, so say nothing of it); shape and colour: no condition
         and no style at all (every condition shows the object). A sample that qualifies for several
         attributes takes them in turn over the steps."""
-        from vcomp.model.embedders import PAD
         from vcomp.train.synthetic import counterfactual_caption
 
-        text_kept = (ids != self.model.text.index[PAD]).sum(dim=1) > 2  # more than <bos> <eos>
+        text_kept = self._text_kept(ids)
         rows, chosen, captions = [], [], []
         for i, text in enumerate(batch["caption"]):
             if not text_kept[i]:
@@ -859,11 +863,15 @@ class Trainer:
             frames = torch.randperm(latent.shape[2], generator=g)[:PIXEL_FRAMES].sort().values
             focus = None if batch.get("focus") is None else batch["focus"][:, :, frames].to(dev)
 
-        def decoded_error(prediction, rows_=None):  # decoded_x0_loss of predictions for samples rows_ (a list)
-            pick = (lambda v: v) if rows_ is None else (lambda v: v[torch.as_tensor(rows_, device=v.device)])  # noqa: E731
-            x0 = to_x0(prediction.float(), pick(x_t), pick(t), kind, self.alphas_cumprod)
-            return decoded_x0_loss(self.autoencoder, x0[:, :, frames], pick(latent)[:, :, frames],
-                                   None if focus is None else pick(focus), cfg.object_weight)
+        def pick(v, rows_):  # samples rows_ (a list; None: all) of v, on v's own device
+            return v if rows_ is None else v[torch.as_tensor(rows_, device=v.device)]
+
+        def x0_frames(prediction, rows_=None):  # clean latent of predictions for samples rows_, decoded frames only
+            return to_x0(prediction.float(), pick(x_t, rows_), pick(t, rows_), kind, self.alphas_cumprod)[:, :, frames]
+
+        def decoded_error(prediction, rows_=None):  # decoded_x0_loss of predictions for samples rows_
+            return decoded_x0_loss(self.autoencoder, x0_frames(prediction, rows_), pick(latent, rows_)[:, :, frames],
+                                   None if focus is None else pick(focus, rows_), cfg.object_weight)
 
         if cfg.pixel_weight:
             pixel = decoded_error(pred)
@@ -884,7 +892,8 @@ class Trainer:
 
         shape_ce = shape_acc = None
         if shape_rows:
-            shape_ce, shape_acc = self._shape_term(pred, x_t, t, shape_rows, shape_labels, frames, focus)
+            shape_ce, shape_acc = self._shape_term(x0_frames(pick(pred, shape_rows), shape_rows), shape_labels,
+                                                   pick(focus, shape_rows))
             if shape_ce is not None:
                 loss = loss + cfg.shape_weight * shape_ce
 
@@ -905,19 +914,17 @@ class Trainer:
                 "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr, "stage": stage,
                 "frames": latent.shape[2], "size": int(batch["video"].shape[-1])}
 
-    def _shape_term(self, pred, x_t, t, rows: list[int], labels: list[int], frames, focus):
-        """Mean cross-entropy of the shape critic on the decoded x0 prediction of `rows` (at the
-        step's decoded frames, cropped where each object truly is), and the critic's accuracy."""
+    def _shape_term(self, x0: torch.Tensor, labels: list[int], focus: torch.Tensor):
+        """Mean cross-entropy of the shape critic on the decoded clean-latent predictions `x0`
+        [r, C, F, h, w] of the judged samples (cropped where each object truly is: `focus`
+        [r, 1, F, H, W]), and the critic's accuracy."""
         from vcomp.train.shape_critic import critic_logits
 
-        dev = pred.device
-        sel = torch.tensor(rows)
-        x0 = to_x0(pred[sel.to(dev)].float(), x_t[sel.to(dev)], t[sel], self.model_cfg.prediction, self.alphas_cumprod)
-        video = self.autoencoder.decode(x0[:, :, frames], refine=False).float()  # [r, 3, F, H, W]
+        video = self.autoencoder.decode(x0, refine=False).float()  # [r, 3, F, H, W]
         shown = video.transpose(1, 2).reshape(-1, *video.shape[1:2], *video.shape[-2:])
-        masks = focus[sel.to(dev)][:, 0].reshape(-1, *focus.shape[-2:])
+        masks = focus[:, 0].reshape(-1, *focus.shape[-2:])
         logits, counted = critic_logits(self.shape_critic, shown, masks)
-        y = torch.tensor(labels, device=dev).repeat_interleave(len(frames))
+        y = torch.tensor(labels, device=x0.device).repeat_interleave(x0.shape[2])
         if not bool(counted.any()):
             return None, None
         ce = F.cross_entropy(logits[counted], y[counted])
