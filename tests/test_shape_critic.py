@@ -65,6 +65,24 @@ def test_shape_weight_adds_the_critic_cross_entropy(tmp_path, monkeypatch):
         loop.Trainer(micro(tmp_path / "c", stage="1", steps=1, shape_weight=-1.0)).setup()
 
 
+def test_pixel_and_shape_terms_share_one_decode_of_the_predictions(tmp_path, monkeypatch):
+    """With --pixel-weight and --shape-weight both on, the predicted clean latents are decoded once
+    for both terms (the critic judges the pixel term's frames): two decoder calls a step, the
+    true latents' (no gradient) and the predictions'."""
+    monkeypatch.setattr(loop, "SHAPE_T_MAX", 1000)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_file(ShapeCritic().state_dict(), str(run / "shape_critic.safetensors"))
+    trainer = loop.Trainer(micro(run, stage="1", steps=1, batch=6, shape_weight=1.0, pixel_weight=1.0)).setup()
+    batch = collate([trainer.dataset[r] for r in trainer.requests(0)])
+    calls = []
+    decode = trainer.autoencoder.decode
+    monkeypatch.setattr(trainer.autoencoder, "decode", lambda z, **kw: calls.append(z.shape[0]) or decode(z, **kw))
+    out = trainer.train_step(0, batch)
+    assert out["shape_ce"] is not None and out["pixel_l1"] is not None
+    assert calls == [6, 6]
+
+
 def test_shape_weight_on_a_folder_is_a_one_line_error(tmp_path, capsys):
     """A user's folder has no shape labels: `vcomp train --data FOLDER --shape-weight` says so and
     exits with the input-error code (2) without a traceback or a run folder's critic."""

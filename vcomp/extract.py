@@ -7,6 +7,7 @@ and appears only when complete.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -79,7 +80,7 @@ class _MotionSource:
     def __init__(self, src: Path, sampling: Sampling, size, fps: float, native: bool, still_threshold: float):
         from vcomp.conditions import motion
 
-        self._motion, self.fps, self.native, self.still_threshold = motion, fps, native, still_threshold
+        self.native = native
         self._previous: np.ndarray | None = None
         self.info = motion.extractor_info(units="pixels per sampled frame step", still_threshold=still_threshold)
         if native:
@@ -88,7 +89,8 @@ class _MotionSource:
             if sampling.frames is not None:
                 wanted = range(sampling.start, sampling.start + sampling.frames)
             self._fields = (f for i, f in self.reader.iter(wanted) if i >= sampling.start)
-        else:
+        else:  # the re-encode is the only reader that needs the rate and threshold after this point
+            self._reencode = functools.partial(motion.motion_from_frames, fps=fps, still_threshold=still_threshold)
             self.info.update(method="reencode-sampled", reason="frames are sampled: motion is between sampled frames")
 
     def next(self, frames: np.ndarray) -> np.ndarray:
@@ -97,10 +99,9 @@ class _MotionSource:
             self.info.update(method=self.reader.method_used, reason=self.reader.reason)
             return np.stack(fields)
         if self._previous is None:
-            out = self._motion.motion_from_frames(frames, self.fps, still_threshold=self.still_threshold)
+            out = self._reencode(frames)
         else:  # overlap one frame so motion continues across chunk boundaries
-            out = self._motion.motion_from_frames(np.concatenate([self._previous, frames]), self.fps,
-                                                  still_threshold=self.still_threshold)[1:]
+            out = self._reencode(np.concatenate([self._previous, frames]))[1:]
         self._previous = frames[-1:]
         return out
 

@@ -266,7 +266,7 @@ PIXEL_FRAMES = 2  #: frames per clip the decoded-x0 term decodes (random ones ea
 
 
 def decoded_x0_loss(autoencoder, x0: torch.Tensor, latent: torch.Tensor, focus: torch.Tensor | None,
-                    object_weight: float) -> torch.Tensor:
+                    object_weight: float, decoded: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample object-weighted L1 [B] between the frames the frozen decoder makes of the
     predicted clean latent `x0` and of the true one (`latent`; both [B, C, T, h, w], scaled).
 
@@ -275,11 +275,12 @@ def decoded_x0_loss(autoencoder, x0: torch.Tensor, latent: torch.Tensor, focus: 
     model learns colour (a large latent difference) and not shape (shape words move its loss by
     ~1%). Seen through the decoder those directions are as large as the pixels they move. The
     decoder is frozen: gradients reach the UNet only. `focus` [B, 1, T, H, W] weighs object pixels
-    1 + `object_weight`."""
+    1 + `object_weight`. `decoded`: the decoder's frames of `x0` when the caller has them already
+    (the shape critic judges the same frames), so they are decoded once."""
     # without the temporal refiner: it smooths over frames, and only two are decoded here
     with torch.no_grad():
         want = autoencoder.decode(latent.float(), refine=False)
-    got = autoencoder.decode(x0, refine=False)
+    got = autoencoder.decode(x0, refine=False) if decoded is None else decoded
     err = (got.float() - want.float()).abs()
     dims = tuple(range(1, err.ndim))
     if focus is None or not object_weight:
@@ -869,12 +870,14 @@ class Trainer:
         def x0_frames(prediction, rows_=None):  # clean latent of predictions for samples rows_, decoded frames only
             return to_x0(prediction.float(), pick(x_t, rows_), pick(t, rows_), kind, self.alphas_cumprod)[:, :, frames]
 
-        def decoded_error(prediction, rows_=None):  # decoded_x0_loss of predictions for samples rows_
+        def decoded_error(prediction, rows_=None, decoded=None):  # decoded_x0_loss of predictions for samples rows_
             return decoded_x0_loss(self.autoencoder, x0_frames(prediction, rows_), pick(latent, rows_)[:, :, frames],
-                                   None if focus is None else pick(focus, rows_), cfg.object_weight)
+                                   None if focus is None else pick(focus, rows_), cfg.object_weight, decoded)
 
+        decoded = None  # the decoder's frames of every sample's predicted clean latent, when the pixel term made them
         if cfg.pixel_weight:
-            pixel = decoded_error(pred)
+            decoded = self.autoencoder.decode(x0_frames(pred), refine=False)
+            pixel = decoded_error(pred, decoded=decoded)
             loss = loss + cfg.pixel_weight * (pixel * pixel_snr_weights(self.alphas_cumprod, t).to(dev)).mean()
         gap, gaps, pixel_gaps = None, {}, {}
         if rows:
@@ -892,8 +895,9 @@ class Trainer:
 
         shape_ce = shape_acc = None
         if shape_rows:
-            shape_ce, shape_acc = self._shape_term(x0_frames(pick(pred, shape_rows), shape_rows), shape_labels,
-                                                   pick(focus, shape_rows))
+            video = (pick(decoded, shape_rows) if decoded is not None
+                     else self.autoencoder.decode(x0_frames(pick(pred, shape_rows), shape_rows), refine=False))
+            shape_ce, shape_acc = self._shape_term(video, shape_labels, pick(focus, shape_rows))
             if shape_ce is not None:
                 loss = loss + cfg.shape_weight * shape_ce
 
@@ -914,17 +918,17 @@ class Trainer:
                 "grad_norm": float(grad_norm) if grad_norm is not None else None, "lr": lr, "stage": stage,
                 "frames": latent.shape[2], "size": int(batch["video"].shape[-1])}
 
-    def _shape_term(self, x0: torch.Tensor, labels: list[int], focus: torch.Tensor):
-        """Mean cross-entropy of the shape critic on the decoded clean-latent predictions `x0`
-        [r, C, F, h, w] of the judged samples (cropped where each object truly is: `focus`
+    def _shape_term(self, video: torch.Tensor, labels: list[int], focus: torch.Tensor):
+        """Mean cross-entropy of the shape critic on the decoded clean-latent predictions `video`
+        [r, 3, F, H, W] of the judged samples (cropped where each object truly is: `focus`
         [r, 1, F, H, W]), and the critic's accuracy."""
         from vcomp.train.shape_critic import critic_logits
 
-        video = self.autoencoder.decode(x0, refine=False).float()  # [r, 3, F, H, W]
+        video = video.float()
         shown = video.transpose(1, 2).reshape(-1, *video.shape[1:2], *video.shape[-2:])
         masks = focus[:, 0].reshape(-1, *focus.shape[-2:])
         logits, counted = critic_logits(self.shape_critic, shown, masks)
-        y = torch.tensor(labels, device=x0.device).repeat_interleave(x0.shape[2])
+        y = torch.tensor(labels, device=video.device).repeat_interleave(video.shape[2])
         if not bool(counted.any()):
             return None, None
         ce = F.cross_entropy(logits[counted], y[counted])
