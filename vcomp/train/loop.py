@@ -870,14 +870,15 @@ class Trainer:
         def x0_frames(prediction, rows_=None):  # clean latent of predictions for samples rows_, decoded frames only
             return to_x0(prediction.float(), pick(x_t, rows_), pick(t, rows_), kind, self.alphas_cumprod)[:, :, frames]
 
-        def decoded_error(prediction, rows_=None, decoded=None):  # decoded_x0_loss of predictions for samples rows_
+        def decoded_error(prediction, rows_=None):  # decoded_x0_loss of predictions for samples rows_
             return decoded_x0_loss(self.autoencoder, x0_frames(prediction, rows_), pick(latent, rows_)[:, :, frames],
-                                   None if focus is None else pick(focus, rows_), cfg.object_weight, decoded)
+                                   None if focus is None else pick(focus, rows_), cfg.object_weight)
 
         decoded = None  # the decoder's frames of every sample's predicted clean latent, when the pixel term made them
         if cfg.pixel_weight:
-            decoded = self.autoencoder.decode(x0_frames(pred), refine=False)
-            pixel = decoded_error(pred, decoded=decoded)
+            x0 = x0_frames(pred)
+            decoded = self.autoencoder.decode(x0, refine=False)
+            pixel = decoded_x0_loss(self.autoencoder, x0, latent[:, :, frames], focus, cfg.object_weight, decoded)
             loss = loss + cfg.pixel_weight * (pixel * pixel_snr_weights(self.alphas_cumprod, t).to(dev)).mean()
         gap, gaps, pixel_gaps = None, {}, {}
         if rows:
