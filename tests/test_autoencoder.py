@@ -332,3 +332,23 @@ def test_a_resumed_decoder_only_run_keeps_its_init_and_frozen_encoder(vae_run, t
                  "--crop", "16", "--size", "32", "--threads", "1", "-q"]) == 2
     err = capsys.readouterr().err
     assert "--decoder-only" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_factor_sets_the_latent_grid_of_a_fresh_latent(tmp_path, capsys):
+    """--factor 4: one level fewer than the default, so 32 px frames become an 8 x 8 latent (4 x 4
+    at the default 8); a factor that is not a power of 2 is a one-line error and no run folder."""
+    from vcomp.cli import main
+
+    out = tmp_path / "vae4"
+    assert main(["train-autoencoder", "--out", str(out), "--steps", "1", "--batch", "2", "--crop", "16", "--size",
+                 "32", "--threads", "1", "--factor", "4", "--latent-channels", "4", "-q"]) == 0
+    vae, _ = load_autoencoder(out / "export")
+    assert list(vae.config.block_out_channels) == [16, 32, 64]
+    with torch.no_grad():
+        z = vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mean
+    assert z.shape == (1, 4, 8, 8)
+    capsys.readouterr()
+    assert main(["train-autoencoder", "--out", str(tmp_path / "bad"), "--steps", "1", "--factor", "3", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--factor" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()

@@ -254,6 +254,7 @@ def train_autoencoder(
     decoder_only: bool = typer.Option(False, "--decoder-only", help="Train only the decoder (needs --init): the latent space, and a UNet trained in it, stay valid."),
     latent_noise: float = typer.Option(0.0, "--latent-noise", help="Decode latents plus Gaussian noise of std up to this (scaled-latent units, e.g. 0.15): a decoder robust to the frame-to-frame jitter of sampled latents flickers less. 0 = clean latents."),
     latent_channels: int = typer.Option(None, "--latent-channels", help="Channels of a fresh latent (more keep finer shapes; the UNet's cost barely changes). Default: 8."),
+    factor: int = typer.Option(None, "--factor", help="Pixels per latent cell along each side of a fresh latent (2, 4, 8 or 16): 4 gives 64 px video a 16 x 16 latent, where the world's objects span 4-6 cells instead of 2-3. Default: 8."),
     apply_to: str = typer.Option(None, "--apply-to", help="With --decoder-only: afterwards write the new decoder into the embedded model in this folder (whose encoder must be the --init one)."),
     seed: int = SEED,
     max_minutes: float = MAX_MINUTES,
@@ -281,10 +282,15 @@ def train_autoencoder(
         raise InputError(f"--grad-weight must be 0 or more, got {grad_weight}")
     if latent_channels is not None and latent_channels < 1:
         raise InputError(f"--latent-channels must be 1 or more, got {latent_channels}")
+    vae = {"latent_channels": latent_channels} if latent_channels else {}
+    if factor is not None:
+        from vcomp.train.autoencoder import world_widths
+
+        vae["block_out_channels"] = world_widths(factor)
     cfg = AutoencoderTrainConfig(out=out, steps=steps, batch=batch, crop=crop, size=size, lr=lr, kl_weight=kl_weight,
                                  seed=seed, max_minutes=max_minutes, threads=threads, resume=resume, command=command,
                                  object_weight=object_weight, grad_weight=grad_weight, init=init,
-                                 decoder_only=decoder_only, latent_noise=latent_noise, vae={"latent_channels": latent_channels} if latent_channels else {})
+                                 decoder_only=decoder_only, latent_noise=latent_noise, vae=vae)
     show = console.interactive()
     with console.progress_bar(transient=False) if show else _Nothing() as bar:
         task = bar.add_task("autoencoder", total=steps) if show else None

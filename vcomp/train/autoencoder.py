@@ -58,6 +58,20 @@ def world_vae_config(**overrides) -> dict:
     return config
 
 
+WORLD_WIDTHS = (16, 32, 64, 64, 64)  #: block widths of world autoencoders, one level per halving
+
+
+def world_widths(factor: int) -> list[int]:
+    """Block widths of a world autoencoder with `factor` pixels per latent cell (a power of 2 from
+    2 to 16). Why a choice: at factor 8 the world's 14-24 px objects span 2-3 latent cells and their
+    shape lives in a sub-cell code the small UNet does not draw; at 4 they span 4-6 cells."""
+    from vcomp.errors import InputError
+
+    if factor not in (2, 4, 8, 16):
+        raise InputError(f"--factor must be 2, 4, 8 or 16 pixels per latent cell, got {factor}")
+    return list(WORLD_WIDTHS[:factor.bit_length()])
+
+
 @dataclass
 class AutoencoderTrainConfig:
     out: str = "runs/vae"
@@ -184,7 +198,7 @@ def _build(cfg: AutoencoderTrainConfig):
     torch.manual_seed(cfg.seed)
     if cfg.init:
         if cfg.vae:
-            raise InputError(f"autoencoder options {cfg.vae} (--latent-channels) shape a fresh latent; "
+            raise InputError(f"autoencoder options {cfg.vae} (--latent-channels, --factor) shape a fresh latent; "
                              "an --init autoencoder keeps its own")
         vae, record = load_any_autoencoder(cfg.init)
         return vae.requires_grad_(True), {"source": str(cfg.init), **record.get("training", {})}
