@@ -35,29 +35,6 @@ FILES = ("autoencoder.safetensors", "autoencoder.json")
 FORMAT = "vcomp-autoencoder-v1"
 
 
-def world_vae_config(**overrides) -> dict:
-    """The embedded latent space: factor 8 (four levels), 8 latent channels, about 1 M parameters.
-
-    Widths (16, 32, 64, 64): measured on 2 cores, encoding 64 frames at 64 x 64 takes 0.26 s and
-    decoding 16 frames 0.18 s; (32, 64, 128, 128) took 0.53 / 0.34 s and trained 2.5x slower."""
-    config = {
-        "in_channels": 3,
-        "out_channels": 3,
-        "block_out_channels": [16, 32, 64, 64],
-        "layers_per_block": 1,
-        "act_fn": "silu",
-        "latent_channels": 8,
-        "norm_num_groups": 16,
-        "sample_size": 64,
-        "scaling_factor": 1.0,
-    }
-    config.update(overrides)
-    n = len(config["block_out_channels"])
-    config["down_block_types"] = ["DownEncoderBlock2D"] * n
-    config["up_block_types"] = ["UpDecoderBlock2D"] * n
-    return config
-
-
 WORLD_WIDTHS = (16, 32, 64, 64, 64)  #: block widths of world autoencoders, one level per halving
 
 
@@ -70,6 +47,29 @@ def world_widths(factor: int) -> list[int]:
     if factor not in (2, 4, 8, 16):
         raise InputError(f"--factor must be 2, 4, 8 or 16 pixels per latent cell, got {factor}")
     return list(WORLD_WIDTHS[:factor.bit_length()])
+
+
+def world_vae_config(**overrides) -> dict:
+    """The embedded latent space: factor 8 (four levels), 8 latent channels, about 1 M parameters.
+
+    Widths (16, 32, 64, 64): measured on 2 cores, encoding 64 frames at 64 x 64 takes 0.26 s and
+    decoding 16 frames 0.18 s; (32, 64, 128, 128) took 0.53 / 0.34 s and trained 2.5x slower."""
+    config = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": world_widths(8),
+        "layers_per_block": 1,
+        "act_fn": "silu",
+        "latent_channels": 8,
+        "norm_num_groups": 16,
+        "sample_size": 64,
+        "scaling_factor": 1.0,
+    }
+    config.update(overrides)
+    n = len(config["block_out_channels"])
+    config["down_block_types"] = ["DownEncoderBlock2D"] * n
+    config["up_block_types"] = ["UpDecoderBlock2D"] * n
+    return config
 
 
 @dataclass

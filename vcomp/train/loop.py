@@ -679,10 +679,10 @@ class Trainer:
             self.on_event("shape_critic", {"path": str(path), "status": "training"})
             critic, record = train_shape_critic(self.autoencoder, seed=self.cfg.seed)
             if self.rank == 0:
-                self.out.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                save_file(critic.state_dict(), str(tmp), metadata={k: str(v) for k, v in record.items()})
-                tmp.replace(path)
+                from vcomp.io import atomic_file
+
+                with atomic_file(path) as tmp:
+                    save_file(critic.state_dict(), str(tmp), metadata={k: str(v) for k, v in record.items()})
             self.on_event("shape_critic", {"path": str(path), "status": "trained", **record})
         return critic.to(self.device)
 
