@@ -7,6 +7,10 @@ Renders `--n` held-out single-object world scenes, takes each clip's middle fram
 it through every given autoencoder (an autoencoder export or an embedded-model folder) from the
 mean latent, and classifies the object's shape with the same checks `vcomp eval` uses. The
 source frames are classified too: the baseline, measured in the same run.
+
+`--latent-noise 0.15 0.3` also decodes each latent with Gaussian noise of that std added (in the
+UNet's scaled-latent units, from a seeded draw): sampled latents are never
+exact, so an autoencoder whose shapes only survive the exact mean helps the UNet less.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ def main() -> None:
     parser.add_argument("autoencoders", nargs="+", help="autoencoder export or embedded-model folders")
     parser.add_argument("--n", type=int, default=60, help="held-out scenes (default 60)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--latent-noise", type=float, nargs="*", default=[],
+                        help="also decode with latent noise of these stds (scaled-latent units)")
     args = parser.parse_args()
 
     from vcomp.evaluation.metrics import psnr
@@ -43,9 +49,14 @@ def main() -> None:
         vae, _ = load_any_autoencoder(folder)
         vae.eval()
         with torch.inference_mode():
-            recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-        images = ((recon.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().astype(np.uint8)
-        print(f"{folder:40s} {shapes_right(images):3d} / {args.n}   PSNR {psnr(images, frames):.1f} dB")
+            mean = vae.encode(x).latent_dist.mean
+            unit = torch.randn(mean.shape, generator=torch.Generator().manual_seed(args.seed))
+            for level in [0.0, *args.latent_noise]:
+                z = mean + level * unit / float(vae.config.scaling_factor)
+                recon = vae.decode(z).sample.clamp(-1, 1)
+                images = ((recon.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).round().astype(np.uint8)
+                label = folder if level == 0 else f"  + latent noise {level:g}"
+                print(f"{label:40s} {shapes_right(images):3d} / {args.n}   PSNR {psnr(images, frames):.1f} dB")
 
 
 if __name__ == "__main__":
