@@ -82,6 +82,7 @@ def test_unet_on_the_learned_latent_exports_and_generates(vae_run, tmp_path):
 
     out, _ = vae_run
     micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    micro["attn_scales"] = (1.0, 0.5)
     cfg = TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=2, stage2_at=1,
                       autoencoder=str(out / "export"), export=str(tmp_path / "export"))
     summary = train(cfg)
@@ -124,6 +125,7 @@ def test_decoder_only_keeps_the_latent_space_and_replaces_the_models_decoder(vae
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
 
     micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    micro["attn_scales"] = (1.0, 0.5)
     train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1,
                       autoencoder=str(out / "export"), export=str(tmp_path / "model")))
     before = load_embedded(tmp_path / "model")
@@ -169,6 +171,7 @@ def test_tiny_preset_without_autoencoder_says_how_to_fix(tmp_path):
     from vcomp.train.loop import TrainConfig, train
 
     micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    micro["attn_scales"] = (1.0, 0.5)
     with pytest.raises(InputError, match="--autoencoder"):
         train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1))
 
@@ -224,17 +227,18 @@ def test_latent_noise_perturbs_the_decoders_input_within_its_level():
 
 
 def test_a_trained_unet_moves_to_a_latent_of_another_width(vae_run, tmp_path):
-    """--init a model --autoencoder a wider latent (same factor): the UNet keeps every trained tensor
-    but the latent's own convolution weights (fresh), including the condition channels of its first
-    convolution; a model on another factor, or a resumed run, is still refused."""
+    """--init a model --autoencoder a wider latent: the UNet keeps every trained tensor but the latent's
+    own convolution weights (fresh), including the condition channels of its first convolution; on
+    another factor too, and without the modules its new config leaves out."""
     from test_train import FAST
 
-    from vcomp.model.loading import LATENT_INPUT_CONV
+    from vcomp.model.loading import LATENT_INPUT_CONV, LATENT_OUTPUT_CONV
     from vcomp.train.loop import TrainConfig, train
     from vcomp.weights.embedded import load_embedded
 
     out, _ = vae_run
     micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    micro["attn_scales"] = (1.0, 0.5)
     base = {**FAST, "model": micro, "stage2_at": 0}
     train(TrainConfig(out=str(tmp_path / "a"), **base, steps=2, autoencoder=str(out / "export"),
                       export=str(tmp_path / "a_export")))
@@ -257,13 +261,26 @@ def test_a_trained_unet_moves_to_a_latent_of_another_width(vae_run, tmp_path):
     concat = old[LATENT_INPUT_CONV].shape[1] - 4
     assert torch.allclose(old[LATENT_INPUT_CONV][:, 4:], new[LATENT_INPUT_CONV][:, 6:], atol=5e-3)
     assert new[LATENT_INPUT_CONV].shape[1] == 6 + concat
-    # another factor cannot move (the grid the UNet learnt on changes): one-line refusal
+    # another factor moves too (the blocks are convolutions, they run on the finer grid); a config that
+    # leaves the attention out drops those trained tensors, the rest still loads strictly
     other = AutoencoderTrainConfig(out=str(tmp_path / "vae_f4"), steps=1, batch=2, crop=16, size=32, threads=1,
                                    vae={"block_out_channels": [8, 16, 16], "norm_num_groups": 4, "latent_channels": 6})
     train_autoencoder(other)
-    with pytest.raises(InputError, match="start a fresh run"):
-        train(TrainConfig(out=str(tmp_path / "c"), **base, steps=1, init=str(tmp_path / "a_export"),
-                          autoencoder=str(tmp_path / "vae_f4" / "export")))
+    no_attention = {**base, "model": {**micro, "attn_scales": (0.5,)}}  # none at the top level
+    train(TrainConfig(out=str(tmp_path / "c"), **no_attention, steps=1, lr=1e-4, init=str(tmp_path / "a_export"),
+                      autoencoder=str(tmp_path / "vae_f4" / "export"), export=str(tmp_path / "c_export")))
+    moved = load_embedded(tmp_path / "c_export")
+    assert (moved.unet.cfg.latent_scale, tuple(moved.unet.cfg.attn_scales)) == (4, (0.5,))
+    assert moved.record["training"]["init"]["latent_factor_moved"] == [2, 4]
+    finer = moved.unet.state_dict()
+    assert len(finer) < len(old) and all(k in old for k in finer)
+    for k in finer:
+        if k not in (LATENT_INPUT_CONV, *LATENT_OUTPUT_CONV) and old[k].is_floating_point():
+            assert (old[k] - finer[k]).abs().max() < 5e-3, k
+    # a module the config keeps but with other tensors is still a one-line refusal, not a silent drop
+    wider = {**base, "model": {**micro, "stc_hidden": 12}}
+    with pytest.raises(WeightsError):
+        train(TrainConfig(out=str(tmp_path / "d"), **wider, steps=1, init=str(tmp_path / "a_export")))
 
 
 def test_cli_latent_channels_shapes_a_fresh_latent_only(tmp_path, capsys):
@@ -302,6 +319,7 @@ def test_a_resumed_decoder_only_run_keeps_its_init_and_frozen_encoder(vae_run, t
     out, _ = vae_run
     base, _ = load_autoencoder(out / "export")
     micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    micro["attn_scales"] = (1.0, 0.5)
     train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1,
                       autoencoder=str(out / "export"), export=str(tmp_path / "model")))
     dec = tmp_path / "dec"

@@ -82,6 +82,17 @@ def with_added_modules(model: nn.Module, state_dict: Mapping[str, torch.Tensor])
     return {**added, **state_dict}
 
 
+def without_removed_modules(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state_dict` without the tensors of whole sub-modules `model` does not have, for starting a
+    run whose config leaves a trained module out (`attn_scales` without the top level's attention,
+    to keep a finer latent grid affordable). Tensors of a module `model` has are kept, so a real
+    mismatch still fails the strict load, as does leaving out attention that an up-sampler follows
+    (the up-sampler's place in its block moves)."""
+    own = model.state_dict()
+    present = {k.rsplit(".", i)[0] for k in own for i in range(1, k.count(".") + 1)}
+    return {k: v for k, v in state_dict.items() if k in own or k.rsplit(".", 1)[0] in present}
+
+
 #: the UNet's two convolutions that touch the latent itself: the first (noisy latent + condition
 #: features in) and the last (the prediction out); every other tensor is independent of the latent's width
 LATENT_INPUT_CONV = "input_blocks.0.0.weight"
@@ -92,7 +103,7 @@ def with_new_latent_channels(model: nn.Module, state_dict: Mapping[str, torch.Te
                              old_in_dim: int) -> dict[str, torch.Tensor]:
     """`state_dict` (a UNet trained on a latent of `old_in_dim` channels) made to fit `model`, the
     same UNet on a latent with another channel count, for moving a trained model to a new latent
-    space (same factor) instead of training one from scratch. The latent's own weights start from
+    space (of any factor) instead of training one from scratch. The latent's own weights start from
     `model`'s fresh initialisation: the first convolution's input channels for the noisy latent
     and the whole last convolution. The first convolution's condition-feature channels, and every
     other tensor (text, conditions, time, the blocks in between), keep their trained values."""

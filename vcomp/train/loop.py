@@ -524,7 +524,12 @@ class Trainer:
         from vcomp.model.adapters import get_adapter
         from vcomp.model.config import ModelConfig, describe_trained
         from vcomp.model.embedders import WordTextEncoder, build_vocab
-        from vcomp.model.loading import load_state_dict_strict, with_added_modules, with_new_latent_channels
+        from vcomp.model.loading import (
+            load_state_dict_strict,
+            with_added_modules,
+            with_new_latent_channels,
+            without_removed_modules,
+        )
 
         cfg = self.cfg
         self.source = self._source(cfg)
@@ -560,13 +565,15 @@ class Trainer:
         ae = self.autoencoder
         moved_from = None  # the --init model's latent channels, when it moves to a new latent space
         if (base.in_dim, base.out_dim, base.latent_scale) != (ae.latent_channels, ae.latent_channels, ae.factor):
-            movable = init is not None and cfg.autoencoder and ae.factor == base.latent_scale
+            movable = init is not None and cfg.autoencoder
             if ckpt is not None or (init is not None and not movable):
                 raise InputError(f"the autoencoder has {ae.latent_channels} channels at factor {ae.factor}, but the "
                                  f"model was trained on {base.in_dim} at {base.latent_scale}; start a fresh run")
             if movable:
                 moved_from = base.in_dim
                 self.init_history = {**self.init_history, "latent_channels_moved": [base.in_dim, ae.latent_channels]}
+                if ae.factor != base.latent_scale:  # the blocks are convolutions: they run on any grid
+                    self.init_history["latent_factor_moved"] = [base.latent_scale, ae.factor]
             base = replace(base, in_dim=ae.latent_channels, out_dim=ae.latent_channels, latent_scale=ae.factor)
         base = replace(base, notes=describe_trained(base))
         self.base_cfg = base
@@ -578,7 +585,7 @@ class Trainer:
         vocab = text_spec.pop("vocab")
         text = WordTextEncoder(vocab, **text_spec)
         if init is not None:
-            state = with_added_modules(unet, init.unet)
+            state = without_removed_modules(unet, with_added_modules(unet, init.unet))
             if moved_from is not None:  # a new latent space: the latent's own convolutions start fresh
                 state = with_new_latent_channels(unet, state, moved_from)
             load_state_dict_strict(unet, state, source=f"UNet weights of {init.source}")
