@@ -82,7 +82,6 @@ def test_unet_on_the_learned_latent_exports_and_generates(vae_run, tmp_path):
 
     out, _ = vae_run
     micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
-    micro["attn_scales"] = (1.0, 0.5)
     cfg = TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=2, stage2_at=1,
                       autoencoder=str(out / "export"), export=str(tmp_path / "export"))
     summary = train(cfg)
@@ -125,7 +124,6 @@ def test_decoder_only_keeps_the_latent_space_and_replaces_the_models_decoder(vae
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
 
     micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
-    micro["attn_scales"] = (1.0, 0.5)
     train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1,
                       autoencoder=str(out / "export"), export=str(tmp_path / "model")))
     before = load_embedded(tmp_path / "model")
@@ -171,7 +169,6 @@ def test_tiny_preset_without_autoencoder_says_how_to_fix(tmp_path):
     from vcomp.train.loop import TrainConfig, train
 
     micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
-    micro["attn_scales"] = (1.0, 0.5)
     with pytest.raises(InputError, match="--autoencoder"):
         train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1))
 
@@ -238,7 +235,7 @@ def test_a_trained_unet_moves_to_a_latent_of_another_width(vae_run, tmp_path):
 
     out, _ = vae_run
     micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
-    micro["attn_scales"] = (1.0, 0.5)
+    micro["attn_scales"] = (1.0, 0.5)  # attention at the top level too, for the move below to leave out
     base = {**FAST, "model": micro, "stage2_at": 0}
     train(TrainConfig(out=str(tmp_path / "a"), **base, steps=2, autoencoder=str(out / "export"),
                       export=str(tmp_path / "a_export")))
@@ -319,7 +316,6 @@ def test_a_resumed_decoder_only_run_keeps_its_init_and_frozen_encoder(vae_run, t
     out, _ = vae_run
     base, _ = load_autoencoder(out / "export")
     micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
-    micro["attn_scales"] = (1.0, 0.5)
     train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1,
                       autoencoder=str(out / "export"), export=str(tmp_path / "model")))
     dec = tmp_path / "dec"
