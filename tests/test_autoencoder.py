@@ -23,6 +23,11 @@ from vcomp.train.autoencoder import (
 MICRO_VAE = {"block_out_channels": [8, 16], "norm_num_groups": 4, "latent_channels": 4}
 
 
+def latent_free_model(fast: dict) -> dict:
+    """The fast test UNet without the fields an autoencoder sets (channels in and out, latent scale)."""
+    return {k: v for k, v in fast["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+
+
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("vae")
@@ -81,7 +86,7 @@ def test_unet_on_the_learned_latent_exports_and_generates(vae_run, tmp_path):
     from vcomp.weights.embedded import load_embedded
 
     out, _ = vae_run
-    micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    micro = latent_free_model(FAST)
     cfg = TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=2, stage2_at=1,
                       autoencoder=str(out / "export"), export=str(tmp_path / "export"))
     summary = train(cfg)
@@ -123,7 +128,7 @@ def test_decoder_only_keeps_the_latent_space_and_replaces_the_models_decoder(vae
     changed = {k for k in old if not torch.equal(old[k], new[k])}
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
 
-    micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    micro = latent_free_model(FAST)
     train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1,
                       autoencoder=str(out / "export"), export=str(tmp_path / "model")))
     before = load_embedded(tmp_path / "model")
@@ -168,7 +173,7 @@ def test_tiny_preset_without_autoencoder_says_how_to_fix(tmp_path):
 
     from vcomp.train.loop import TrainConfig, train
 
-    micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    micro = latent_free_model(FAST)
     with pytest.raises(InputError, match="--autoencoder"):
         train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1))
 
@@ -234,7 +239,7 @@ def test_a_trained_unet_moves_to_a_latent_of_another_width(vae_run, tmp_path):
     from vcomp.weights.embedded import load_embedded
 
     out, _ = vae_run
-    micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    micro = latent_free_model(FAST)
     micro["attn_scales"] = (1.0, 0.5)  # attention at the top level too, for the move below to leave out
     base = {**FAST, "model": micro, "stage2_at": 0}
     train(TrainConfig(out=str(tmp_path / "a"), **base, steps=2, autoencoder=str(out / "export"),
@@ -315,7 +320,7 @@ def test_a_resumed_decoder_only_run_keeps_its_init_and_frozen_encoder(vae_run, t
 
     out, _ = vae_run
     base, _ = load_autoencoder(out / "export")
-    micro = {k: v for k, v in FAST["model"].items() if k not in ("in_dim", "out_dim", "latent_scale")}
+    micro = latent_free_model(FAST)
     train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": micro}, steps=1,
                       autoencoder=str(out / "export"), export=str(tmp_path / "model")))
     dec = tmp_path / "dec"
