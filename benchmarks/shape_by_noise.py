@@ -1,7 +1,7 @@
 """Where does an object's shape get lost: in the latent space, in the UNet's denoising, or in
 binding shape words?
 
-    python benchmarks/shape_by_noise.py [--assets DIR ...] [--n 24] [--t 20,50,100,200,400]
+    python benchmarks/shape_by_noise.py [--assets DIR ...] [--n 24] [--t 20,50,100,200,400] [--wrong-shape-guidance 4 8]
 
 On `--n` held-out cases of the world suite (`vcomp eval`'s seed 0 scenes), classifies the object's
 shape (the suite's `world_checks`) in:
@@ -13,7 +13,10 @@ shape (the suite's `world_checks`) in:
   there is averaging shapes away (its prior holds less shape variance than the data), not failing
   to read the words;
 - text / sketch: full generations (DDIM `--steps`) from the caption alone, and with the clip's
-  exact sketch sequence (which draws every frame's outline).
+  exact sketch sequence (which draws every frame's outline);
+- wrong@w (`--wrong-shape-guidance W ...`): from the caption, guided at w against the same caption
+  with the next shape word (the negative prompt). If the model knew shapes but weighed them too
+  little, pushing away from a wrong shape would draw the right one more often.
 
 Several --assets compare models on the same cases and noise draws.
 """
@@ -62,7 +65,7 @@ def main() -> None:
     from vcomp.conditions.condition_set import ConditionSet
     from vcomp.evaluation.suite import make_case
     from vcomp.pipeline import Pipeline
-    from vcomp.train.synthetic import FPS
+    from vcomp.train.synthetic import FPS, SHAPES
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", nargs="*", default=[None], help="embedded model folders (default: the shipped one)")
@@ -70,6 +73,8 @@ def main() -> None:
     ap.add_argument("--t", default="20,50,100,200,400", help="timesteps of the one-pass predictions")
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps of the full generations (default 20)")
     ap.add_argument("--seed", type=int, default=0, help="suite seed of the cases (default 0)")
+    ap.add_argument("--wrong-shape-guidance", type=float, nargs="*", default=[], metavar="W",
+                    help="also generate guided at each W against the caption with the next shape word")
     args = ap.parse_args()
     timesteps = [int(t) for t in args.t.split(",")]
     cases = [make_case(args.seed, i) for i in range(args.n)]
@@ -78,6 +83,9 @@ def main() -> None:
     meta = {"fps": FPS}
     jobs = (("text", lambda c: ConditionSet(meta=meta)),
             ("sketch", lambda c: ConditionSet(sketch=c.sample.sketch, meta=meta)))
+
+    def wrong_shape(caption: str, shape: str) -> str:
+        return caption.replace(shape, SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)], 1)
 
     def score(shapes) -> str:
         return f"{sum(s == t for s, t in zip(shapes, truth, strict=True))}/{len(truth)}"
@@ -89,6 +97,10 @@ def main() -> None:
         for name, make in jobs:
             row[name] = score([shape_of(pipe.generate(make(c), c.sample.caption, steps=args.steps, seed=c.seed).frames)
                                for c in cases])
+        for w in args.wrong_shape_guidance:
+            row[f"wrong@{w:g}"] = score([shape_of(pipe.generate(
+                ConditionSet(meta=meta), c.sample.caption, steps=args.steps, seed=c.seed, guidance=w,
+                negative_prompt=wrong_shape(c.sample.caption, t)).frames) for c, t in zip(cases, truth, strict=True)])
         print(f"{assets or 'shipped'}: " + ", ".join(f"{k} {v}" for k, v in row.items()))
 
 
