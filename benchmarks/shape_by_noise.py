@@ -15,8 +15,9 @@ shape (the suite's `world_checks`) in:
 - text / sketch: full generations (DDIM `--steps`) from the caption alone, and with the clip's
   exact sketch sequence (which draws every frame's outline);
 - wrong@w (`--wrong-shape-guidance W ...`): from the caption, guided at w against the same caption
-  with the next shape word (the negative prompt). If the model knew shapes but weighed them too
-  little, pushing away from a wrong shape would draw the right one more often.
+  with the next shape word (`synthetic.counterfactual_caption`, the negative prompt). If the model
+  knew shapes but weighed them too little, pushing away from a wrong shape would draw the right
+  one more often.
 
 Several --assets compare models on the same cases and noise draws.
 """
@@ -65,7 +66,7 @@ def main() -> None:
     from vcomp.conditions.condition_set import ConditionSet
     from vcomp.evaluation.suite import make_case
     from vcomp.pipeline import Pipeline
-    from vcomp.train.synthetic import FPS, SHAPES
+    from vcomp.train.synthetic import FPS, counterfactual_caption
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", nargs="*", default=[None], help="embedded model folders (default: the shipped one)")
@@ -84,9 +85,6 @@ def main() -> None:
     jobs = (("text", lambda c: ConditionSet(meta=meta)),
             ("sketch", lambda c: ConditionSet(sketch=c.sample.sketch, meta=meta)))
 
-    def wrong_shape(caption: str, shape: str) -> str:
-        return caption.replace(shape, SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)], 1)
-
     def score(shapes) -> str:
         return f"{sum(s == t for s, t in zip(shapes, truth, strict=True))}/{len(truth)}"
 
@@ -100,7 +98,7 @@ def main() -> None:
         for w in args.wrong_shape_guidance:
             row[f"wrong@{w:g}"] = score([shape_of(pipe.generate(
                 ConditionSet(meta=meta), c.sample.caption, steps=args.steps, seed=c.seed, guidance=w,
-                negative_prompt=wrong_shape(c.sample.caption, t)).frames) for c, t in zip(cases, truth, strict=True)])
+                negative_prompt=counterfactual_caption(c.sample.caption, "shape")).frames) for c in cases])
         print(f"{assets or 'shipped'}: " + ", ".join(f"{k} {v}" for k, v in row.items()))
 
 
