@@ -369,7 +369,7 @@ class Pipeline:
 
             t0 = time.perf_counter()
             with self._autocast():
-                video = ae.decode(latent).float()
+                video = ae.decode(latent, context=context_c).float()  # the prompt refiner (if any) reads the prompt
             if hole is not None and keep_known in ("pixels", "both"):
                 video = hole * video + (1.0 - hole) * source
             frames_out = _uint8_frames(video)

@@ -58,6 +58,10 @@ def models(
     if gen["preset"] == "tiny" and embedded.get("temporal_refiner"):
         r = embedded["temporal_refiner"]
         out.print(f"temporal refiner: {r['layers']} 3D convolutions of width {r['width']} after the decoder (deflicker)")
+    if gen["preset"] == "tiny" and embedded.get("prompt_refiner"):
+        r = embedded["prompt_refiner"]
+        out.print(f"prompt refiner: a text-conditioned U-Net of width {r['width']} after it (redraws outlines as "
+                  "the prompt names them)")
     if gen["preset"] == "tiny" and embedded.get("noise_schedule"):
         start = embedded.get("sampling_start")
         when = (f" ({start['steps']} DDIM steps start at t = {start['timestep']}, {start['spacing']} spacing)"

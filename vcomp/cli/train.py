@@ -206,6 +206,8 @@ class _Progress:
         return False
 
     def event(self, kind: str, info: dict) -> None:
+        if kind == "note":
+            console.warn(info["message"])
         if self.bar is None:
             return
         if kind == "start":
@@ -364,25 +366,88 @@ def train_refiner(
                              lr=lr, latent_noise=latent_noise, temporal_weight=temporal_weight,
                              object_weight=object_weight, seed=seed, max_minutes=max_minutes, threads=threads,
                              resume=resume, command=command)
-    show = console.interactive()
-    with console.progress_bar(transient=False) if show else _Nothing() as bar:
-        task = bar.add_task("refiner", total=steps) if show else None
-
-        def event(kind, info):
-            if show and kind == "log":
-                bar.update(task, completed=info["step"], description=f"refiner loss {info['loss']:.4f}")
-
-        summary = run(cfg, on_event=event)
-    if apply_to is not None:
-        from vcomp.weights.embedded import with_refiner
-
-        summary["applied_to"] = str(with_refiner(apply_to, summary["export"])[0].parent)
+    summary = _train_stage(run, cfg, "refiner", steps, apply_to)
     if json_out:
         console.print_json(summary)
     else:
         console.log(f"step {summary['step']}: held-out temporal L1 {summary['decoded_temporal']:.4f} -> "
                     f"{summary['refined_temporal']:.4f}, L1 {summary['decoded_l1']:.4f} -> "
                     f"{summary['refined_l1']:.4f}; exported to {summary['export']}")
+
+
+PROMPT_REFINER_EPILOG = """
+Examples:\n
+  vcomp train-prompt-refiner --out runs/pref --max-minutes 50        # for the shipped model\n
+  vcomp train-prompt-refiner --out runs/pref --resume --steps 4000   # continue it\n
+  vcomp train-prompt-refiner --init runs/ref/export --out runs/pref2 # for another embedded model\n
+Writes OUT/checkpoint/ (resumable), OUT/log.jsonl and OUT/export/: the --init model with the prompt
+refiner (use it with --weights OUT/export, or copy its embedded.* into vcomp/assets). --apply-to DIR
+also writes it into a model with the same autoencoder, temporal refiner and text encoder.
+"""
+
+
+def train_prompt_refiner(
+    init: str = typer.Option(None, "--init", help="The embedded model folder whose decoder, temporal refiner and text encoder the stage follows (all stay frozen). Default: the shipped model (with --resume: the run's)."),
+    out: str = typer.Option("runs/prompt_refiner", "--out", "-o", help="Run folder (checkpoint/, log.jsonl, export/)."),
+    steps: int = typer.Option(2000, "--steps", help="Total optimiser steps."),
+    batch: int = typer.Option(4, "--batch", help="Clip pairs per step."),
+    frames: int = typer.Option(16, "--frames", help="Frames per training clip."),
+    width: int = typer.Option(None, "--width", help="Channels at full resolution (2x and 4x at the coarser levels). Default: 16 (with --resume: the run's)."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (linear warm-up, cosine decay)."),
+    latent_noise: float = typer.Option(0.3, "--latent-noise", help="Per-frame latent noise of std up to this on the counterfactual clips (scaled-latent units)."),
+    swap: float = typer.Option(0.6, "--swap", help="Chance that an object of a training clip is drawn with another shape for the stage to correct."),
+    empty: float = typer.Option(0.1, "--empty", help="Share of clips with the empty prompt and no swap (there the stage learns to change nothing)."),
+    temporal_weight: float = typer.Option(0.5, "--temporal-weight", help="Weight of the loss on frame differences (keeps outlines steady)."),
+    object_weight: float = typer.Option(4.0, "--object-weight", help="Extra loss weight on the objects of both clips (1 + this on their pixels)."),
+    apply_to: str = typer.Option(None, "--apply-to", help="Afterwards also write the stage into the embedded model in this folder (same autoencoder, temporal refiner and text encoder as --init)."),
+    seed: int = SEED,
+    max_minutes: float = MAX_MINUTES,
+    threads: int = THREADS,
+    resume: bool = RESUME,
+    json_out: bool = JSON_SUMMARY,
+    quiet: bool = QUIET,
+) -> None:
+    """Train a prompt refiner for an embedded model: a text-conditioned stage after its decoder that redraws outlines.
+
+    Everything else stays frozen; the export is the --init model with the stage added. Generation runs it on
+    every clip, given the prompt's text tokens."""
+    options = dict(locals())
+    from vcomp.train.prompt_refiner import PromptRefinerTrainConfig
+    from vcomp.train.prompt_refiner import train_prompt_refiner as run
+
+    console.set_quiet(quiet)
+    command = _command_line(options, "train-prompt-refiner")
+    cfg = PromptRefinerTrainConfig(init=init, out=out, steps=steps, batch=batch, frames=frames, width=width, lr=lr,
+                                   latent_noise=latent_noise, swap=swap, empty=empty, temporal_weight=temporal_weight,
+                                   object_weight=object_weight, seed=seed, max_minutes=max_minutes, threads=threads,
+                                   resume=resume, command=command)
+    summary = _train_stage(run, cfg, "prompt_refiner", steps, apply_to)
+    if json_out:
+        console.print_json(summary)
+    else:
+        console.log(f"step {summary['step']}: held-out wrongly drawn shapes read as the prompted one "
+                    f"{summary['input_shape']:.0%} -> {summary['refined_shape']:.0%}, L1 {summary['input_l1']:.4f} -> "
+                    f"{summary['refined_l1']:.4f}; exported to {summary['export']}")
+
+
+def _train_stage(run, cfg, which: str, steps: int, apply_to: str | None) -> dict:
+    """Run a stage trainer (`which`: "refiner" or "prompt_refiner") under a progress bar, then
+    write the stage into `apply_to` when given; returns the trainer's summary."""
+    name = which.replace("_", " ")
+    show = console.interactive()
+    with console.progress_bar(transient=False) if show else _Nothing() as bar:
+        task = bar.add_task(name, total=steps) if show else None
+
+        def event(kind, info):
+            if show and kind == "log":
+                bar.update(task, completed=info["step"], description=f"{name} loss {info['loss']:.4f}")
+
+        summary = run(cfg, on_event=event)
+    if apply_to is not None:
+        from vcomp.weights.embedded import with_refiner
+
+        summary["applied_to"] = str(with_refiner(apply_to, summary["export"], which=which)[0].parent)
+    return summary
 
 
 class _Nothing:
@@ -397,3 +462,4 @@ def register(app: typer.Typer) -> None:
     app.command("train", epilog=EPILOG)(train)
     app.command("train-autoencoder", epilog=AE_EPILOG)(train_autoencoder)
     app.command("train-refiner", epilog=REFINER_EPILOG)(train_refiner)
+    app.command("train-prompt-refiner", epilog=PROMPT_REFINER_EPILOG)(train_prompt_refiner)

@@ -37,8 +37,9 @@ class VideoAutoencoder(Protocol):
 
     def encode(self, video: torch.Tensor) -> torch.Tensor: ...
 
-    def decode(self, latent: torch.Tensor, refine: bool = True) -> torch.Tensor:
-        """`refine=False`: without a temporal refiner, where the autoencoder has one."""
+    def decode(self, latent: torch.Tensor, refine: bool = True, context: torch.Tensor | None = None) -> torch.Tensor:
+        """`refine=False`: without the refiners, where the autoencoder has them; `context`: the
+        prompt's text tokens, for a prompt refiner (none given: it is skipped)."""
         ...
 
 
@@ -64,8 +65,8 @@ class PixelUnshuffleAutoencoder(nn.Module):
         x = F.pixel_unshuffle(rearrange(video, "b c t h w -> (b t) c h w"), self.factor)
         return rearrange(x, "(b t) c h w -> b c t h w", b=b)
 
-    def decode(self, latent: torch.Tensor, refine: bool = True) -> torch.Tensor:
-        """`refine` is accepted for the `VideoAutoencoder` interface: there is no refiner here."""
+    def decode(self, latent: torch.Tensor, refine: bool = True, context: torch.Tensor | None = None) -> torch.Tensor:
+        """`refine` and `context` are accepted for the `VideoAutoencoder` interface: no refiner here."""
         _check_video(latent, self.latent_channels, 1, "latent")
         b = latent.shape[0]
         x = F.pixel_shuffle(rearrange(latent, "b c t h w -> (b t) c h w"), self.factor)
@@ -108,12 +109,15 @@ def build_kl_vae(config: dict | None = None, device: str | torch.device = "cpu")
 
 class KLAutoencoder(nn.Module):
     """Video wrapper around a diffusers `AutoencoderKL`, frame-chunked; with an optional
-    `TemporalRefiner` run over the whole decoded clip (the embedded model's deflicker)."""
+    `TemporalRefiner` run over the whole decoded clip (the embedded model's deflicker) and an
+    optional `PromptRefiner` after it (the text-conditioned stage that redraws outlines)."""
 
-    def __init__(self, vae, chunk: int = 16, refiner: nn.Module | None = None):
+    def __init__(self, vae, chunk: int = 16, refiner: nn.Module | None = None,
+                 prompt_refiner: nn.Module | None = None):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
         self.refiner = refiner.eval().requires_grad_(False) if refiner is not None else None
+        self.prompt_refiner = prompt_refiner.eval().requires_grad_(False) if prompt_refiner is not None else None
         cfg = vae.config
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)
         self.latent_channels = cfg.latent_channels
@@ -133,14 +137,18 @@ class KLAutoencoder(nn.Module):
             video, lambda x: self.vae.encode(x.to(dtype)).latent_dist.mean * self.scaling_factor
         )
 
-    def decode(self, latent: torch.Tensor, refine: bool = True) -> torch.Tensor:
-        """Frames from latents; `refine=False` skips the temporal refiner (what it is trained on)."""
+    def decode(self, latent: torch.Tensor, refine: bool = True, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames from latents; `refine=False` skips the refiners (what the temporal one is trained
+        on). The prompt refiner runs only when given the prompt's text tokens `context`."""
         _check_video(latent, self.latent_channels, 1, "latent")
         dtype = self.vae.dtype
         video = self._frames(latent, lambda z: self.vae.decode(z.to(dtype) / self.scaling_factor).sample)
         if refine and self.refiner is not None:
             refiner_dtype = next(self.refiner.parameters()).dtype
             video = self.refiner(video.to(refiner_dtype)).to(video.dtype)
+        if refine and context is not None and self.prompt_refiner is not None:
+            stage_dtype = next(self.prompt_refiner.parameters()).dtype
+            video = self.prompt_refiner(video.to(stage_dtype), context.to(stage_dtype)).to(video.dtype)
         return video
 
     def describe(self) -> dict:
@@ -151,4 +159,5 @@ class KLAutoencoder(nn.Module):
             "scaling_factor": self.scaling_factor,
             "chunk": self.chunk,
             **({"temporal_refiner": self.refiner.config()} if self.refiner is not None else {}),
+            **({"prompt_refiner": self.prompt_refiner.config()} if self.prompt_refiner is not None else {}),
         }

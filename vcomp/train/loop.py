@@ -734,7 +734,12 @@ class Trainer:
             return KLAutoencoder(vae)
         if init is not None and init.autoencoder:
             self.autoencoder_history = init.history.get("autoencoder")
-            return autoencoder_from_spec(init.autoencoder, init.vae or None, init.refiner or None)
+            spec = dict(init.autoencoder)
+            if spec.pop("prompt_refiner", None) is not None:  # it reads the text encoder this run changes
+                self.on_event("note", {"message": "the --init model's prompt refiner is left out of this run's exports "
+                                       "(it reads the text encoder, which training changes); train a new one with "
+                                       "`vcomp train-prompt-refiner --init EXPORT`"})
+            return autoencoder_from_spec(spec, init.vae or None, init.refiner or None)
         if base.in_dim == 3 * base.latent_scale**2:
             return autoencoder_from_spec({"type": "pixel_unshuffle", "factor": base.latent_scale})
         raise InputError(f"the {base.name!r} preset denoises a learned latent ({base.in_dim} channels): pass "

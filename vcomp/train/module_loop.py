@@ -1,6 +1,7 @@
-"""The step loop of the one-module trainers (`vcomp train-autoencoder`, `vcomp train-refiner`).
+"""The step loop of the one-module trainers (`vcomp train-autoencoder`, `vcomp train-refiner`,
+`vcomp train-prompt-refiner`), and how the two stage trainers open, resume and export a run.
 
-Both train a single frozen-context module on rendered world data with AdamW, a warm-up + cosine
+They all train a single frozen-context module on rendered world data with AdamW, a warm-up + cosine
 learning rate (`vcomp.train.autoencoder.lr_at`), gradient clipping, a JSON log line every
 `log_every` steps (held-out numbers every `eval_every`), a checkpoint every `ckpt_every` and a
 wall-clock stop; only the batch and the loss differ, which the trainer passes in as `loss_at`.
@@ -8,8 +9,10 @@ wall-clock stop; only the batch and the loss differ, which the trainer passes in
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,3 +54,125 @@ def run_module_steps(cfg, start: int, params: list[torch.nn.Parameter], opt: tor
             break
     save(step)
     return step
+
+
+@dataclass
+class StageTrainConfig:
+    """What the stage trainers (`vcomp train-refiner`, `vcomp train-prompt-refiner`) share; each
+    subclass adds its own options and defaults."""
+
+    init: str | None = None  # the embedded model the stage follows (None: the shipped one)
+    out: str = "runs/stage"
+    steps: int = 1500
+    batch: int = 4  # clips per step
+    frames: int = 16
+    width: int | None = None  # channels (None: the trainer's default, or the resumed run's)
+    lr: float = 2e-3
+    warmup: int = 50
+    min_lr_ratio: float = 0.05
+    latent_noise: float = 0.12
+    temporal_weight: float = 1.0
+    object_weight: float = 4.0
+    seed: int = 0
+    ckpt_every: int = 200
+    log_every: int = 10
+    max_minutes: float | None = None
+    threads: int | None = None
+    resume: bool = False
+    command: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self, min_frames: int = 1, why_frames: str = "") -> None:
+        """One-line errors for the shared options out of range (a subclass checks its own)."""
+        from vcomp.errors import InputError
+
+        for name in ("steps", "batch", "width", "ckpt_every", "log_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.frames < min_frames:
+            raise InputError(f"--frames must be at least {min_frames}{why_frames}, got {self.frames}")
+        for name in ("latent_noise", "temporal_weight", "object_weight"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+
+
+@dataclass
+class StageRun:
+    """A run of a trainer of one stage after an embedded model's decoder (the temporal refiner,
+    the prompt refiner): its folder, the checkpoint it resumes (None: a new run), the embedded
+    model the stage follows and where that came from."""
+
+    out: Path
+    ckpt: object | None  # vcomp.train.checkpoint.Checkpoint
+    init: str | None
+    emb: object  # vcomp.weights.embedded.EmbeddedModel
+
+    @property
+    def ran(self) -> dict:
+        """The resumed run's config ({} for a new run)."""
+        return self.ckpt.record["config"] if self.ckpt is not None else {}
+
+
+def open_stage_run(cfg, what: str) -> StageRun:
+    """Check `cfg.out` against `cfg.resume`, read its checkpoint, and load the embedded model the
+    stage follows (`cfg.init`, else the resumed run's, else the shipped one), which must have a
+    learned decoder; sets the torch threads. `what` names the stage in the errors."""
+    from vcomp.errors import InputError
+    from vcomp.train.checkpoint import find_checkpoint, load_checkpoint
+    from vcomp.weights.embedded import load_embedded
+
+    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    out = Path(cfg.out).expanduser()
+    existing = find_checkpoint(out)
+    if existing is not None and not cfg.resume:
+        raise InputError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
+    if existing is None and cfg.resume:
+        raise InputError(f"--resume: {out} holds no checkpoint to continue")
+    ckpt = load_checkpoint(existing) if existing is not None else None
+    init = cfg.init or (ckpt.record["config"].get("init") if ckpt is not None else None)
+    emb = load_embedded(Path(init).expanduser() if init else None)
+    if not hasattr(emb.autoencoder, "vae"):
+        raise InputError(f"--init {init}: that model's latent is a pixel unshuffle; it has no decoder for a {what}")
+    cfg.init = init
+    return StageRun(out, ckpt, init, emb)
+
+
+def keep_architecture(cfg, run: StageRun, defaults: dict) -> None:
+    """Fill the architecture options left out (None) from the resumed run, else `defaults`; a
+    resumed run's architecture cannot change."""
+    from vcomp.errors import InputError
+
+    for name, default in defaults.items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, int(run.ran.get(name) or default))
+        elif run.ran and getattr(cfg, name) != run.ran.get(name):
+            raise InputError(f"--{name} {getattr(cfg, name)}: the run in {run.out} has {name} {run.ran.get(name)}; "
+                             "leave it out to continue it, or choose another --out")
+
+
+def restore(run: StageRun, module: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float, list]:
+    """Load the resumed run's weights and optimizer state into `module` and `opt`; returns (start
+    step, wall time so far, its sessions) — (0, 0.0, []) for a new run."""
+    if run.ckpt is None:
+        return 0, 0.0, []
+    module.load_state_dict(run.ckpt.tensors)
+    opt.load_state_dict(run.ckpt.state["optimizer"])
+    return run.ckpt.step, float(run.ckpt.record.get("wall_time_s", 0.0)), run.ckpt.record.get("sessions", [])
+
+
+def export_stage(run: StageRun, cfg, key: str, step: int, wall_time_s: float, sessions: list[dict],
+                 heldout: dict) -> Path:
+    """Write the embedded model with the trained stage (already set on its autoencoder) and this
+    run's record under training[`key`] to `run.out/export`; returns that folder."""
+    from vcomp.weights.embedded import save_embedded
+
+    history = {"steps": step, "wall_time_s": wall_time_s, "config": cfg.to_dict(), "command": cfg.command,
+               "commands": [s.get("command") for s in sessions] + [cfg.command], "heldout": heldout,
+               "hardware": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}}
+    emb = run.emb
+    training = {**emb.record.get("training", {}), key: history}
+    paths = save_embedded(run.out / "export", emb.unet, emb.text_encoder, training, emb.autoencoder,
+                          emb.record.get("style"), emb.record.get("sampling"))
+    return paths[0].parent

@@ -15,43 +15,21 @@ the refiner added (`OUT/export`, ready for `vcomp/assets` or `--weights`).
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from einops import rearrange
 
 from vcomp.errors import InputError
+from vcomp.train.module_loop import StageTrainConfig
 
 
 @dataclass
-class RefinerTrainConfig:
-    init: str | None = None  # the embedded model whose decoder the refiner follows (None: the shipped one)
+class RefinerTrainConfig(StageTrainConfig):
     out: str = "runs/refiner"
-    steps: int = 1500
-    batch: int = 4  # clips per step
-    frames: int = 16
-    width: int | None = None  # refiner channels (None: 16, or the resumed run's)
     layers: int | None = None  # 3x3x3 convolutions, it sees 2 * layers + 1 frames (None: 4, or the run's)
-    lr: float = 2e-3
-    warmup: int = 50
-    min_lr_ratio: float = 0.05
-    latent_noise: float = 0.12
-    temporal_weight: float = 1.0
-    object_weight: float = 4.0
-    seed: int = 0
-    ckpt_every: int = 200
-    log_every: int = 10
-    max_minutes: float | None = None
-    threads: int | None = None
-    resume: bool = False
-    command: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def world_clips(rng: np.random.Generator, n: int, size: int, frames: int, split: str = "train"):
@@ -104,59 +82,28 @@ def evaluate(autoencoder, refiner, clips: torch.Tensor, level: float = 0.06) -> 
 
 
 def check_config(cfg: RefinerTrainConfig) -> None:
-    for name in ("steps", "batch", "width", "ckpt_every", "log_every"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    cfg.check(min_frames=2, why_frames=" (flicker is between frames)")
     if cfg.layers is not None and cfg.layers < 2:
         raise InputError(f"--layers must be at least 2, got {cfg.layers}")
-    if cfg.frames < 2:
-        raise InputError(f"--frames must be at least 2 (flicker is between frames), got {cfg.frames}")
-    for name in ("latent_noise", "temporal_weight", "object_weight"):
-        if getattr(cfg, name) < 0:
-            raise InputError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
 
 
 def train_refiner(cfg: RefinerTrainConfig, on_event=None) -> dict:
     """Train (or resume) a temporal refiner for the embedded model in `cfg.init`, and export the
     model with it to `cfg.out/export`. Returns a summary dict."""
     from vcomp.model.temporal_refiner import TemporalRefiner
-    from vcomp.train.checkpoint import find_checkpoint, load_checkpoint, save_module_checkpoint
-    from vcomp.train.module_loop import run_module_steps
-    from vcomp.weights.embedded import load_embedded, save_embedded
+    from vcomp.train.checkpoint import save_module_checkpoint
+    from vcomp.train.module_loop import export_stage, keep_architecture, open_stage_run, restore, run_module_steps
 
     check_config(cfg)
     on_event = on_event or (lambda kind, info: None)
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
-    out = Path(cfg.out).expanduser()
-    existing = find_checkpoint(out)
-    if existing is not None and not cfg.resume:
-        raise InputError(f"{out} already holds a checkpoint; pass --resume to continue it, or choose another --out")
-    if existing is None and cfg.resume:
-        raise InputError(f"--resume: {out} holds no checkpoint to continue")
-    ckpt = load_checkpoint(existing) if existing is not None else None
-    init = cfg.init or (ckpt.record["config"].get("init") if ckpt is not None else None)
-    emb = load_embedded(Path(init).expanduser() if init else None)
-    autoencoder = emb.autoencoder
-    if not hasattr(autoencoder, "vae"):
-        raise InputError(f"--init {init}: that model's latent is a pixel unshuffle; its frames do not flicker")
-    size = int(emb.unet.cfg.default_size)
-    ran = ckpt.record["config"] if ckpt is not None else {}  # a resumed run keeps its architecture
-    for name, default in (("width", 16), ("layers", 4)):
-        if getattr(cfg, name) is None:
-            setattr(cfg, name, int(ran.get(name) or default))
-        elif ran and getattr(cfg, name) != ran.get(name):
-            raise InputError(f"--{name} {getattr(cfg, name)}: the run in {out} has {name} {ran.get(name)}; "
-                             "leave it out to continue it, or choose another --out")
+    run = open_stage_run(cfg, "temporal refiner")
+    autoencoder, out = run.emb.autoencoder, run.out
+    size = int(run.emb.unet.cfg.default_size)
+    keep_architecture(cfg, run, {"width": 16, "layers": 4})
     torch.manual_seed(cfg.seed)
     refiner = TemporalRefiner(cfg.width, cfg.layers).train()
     opt = torch.optim.AdamW(refiner.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start, wall, sessions = 0, 0.0, []
-    if ckpt is not None:
-        refiner.load_state_dict(ckpt.tensors)
-        opt.load_state_dict(ckpt.state["optimizer"])
-        start, wall = ckpt.step, float(ckpt.record.get("wall_time_s", 0.0))
-        sessions = ckpt.record.get("sessions", [])
-    cfg.init = init
+    start, wall, sessions = restore(run, refiner, opt)
     session = {"command": cfg.command, "config": cfg.to_dict(), "start_step": start}
     held, _ = world_clips(np.random.default_rng([cfg.seed, 7]), 4, size, cfg.frames, split="heldout")
     t0 = time.monotonic()
@@ -182,14 +129,8 @@ def train_refiner(cfg: RefinerTrainConfig, on_event=None) -> dict:
                             evaluate=held_out, eval_every=cfg.log_every * 10, on_event=on_event)
     refiner.eval()
     stats = evaluate(autoencoder, refiner, held)
-    history = {"steps": step, "wall_time_s": wall + time.monotonic() - t0, "config": cfg.to_dict(),
-               "command": cfg.command, "commands": [s.get("command") for s in sessions] + [cfg.command],
-               "heldout": stats, "hardware": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                                              "torch": torch.__version__}}
     autoencoder.refiner = refiner.requires_grad_(False)
-    training = {**emb.record.get("training", {}), "refiner": history}
-    paths = save_embedded(out / "export", emb.unet, emb.text_encoder, training, autoencoder,
-                          emb.record.get("style"), emb.record.get("sampling"))
-    summary = {"step": step, **stats, "export": str(paths[0].parent)}
+    export = export_stage(run, cfg, "refiner", step, wall + time.monotonic() - t0, sessions, stats)
+    summary = {"step": step, **stats, "export": str(export)}
     on_event("done", summary)
     return summary

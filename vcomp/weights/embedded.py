@@ -5,13 +5,15 @@
       "model": ModelConfig.to_dict(),                       # the UNet preset ("tiny"), as data
       "text_encoder": {"vocab": [...], "dim", "max_len", "depth", "heads"},
       "autoencoder": {"type": "AutoencoderKL", "config": {...diffusers config...},
-                      "temporal_refiner": {"width", "layers"} (optional: the deflicker after the decoder)}
+                      "temporal_refiner": {"width", "layers"} (optional: the deflicker after the decoder),
+                      "prompt_refiner": {"context_dim", "width"} (optional: the text-conditioned stage after it)}
                      (or {"type": "pixel_unshuffle", "factor": 4}, the first release's latent),
       "style": {"extractor": "colour-stats-v1", "dim": 64},
       "training": {...}                                     # free-form record written by the trainer
     }
     embedded.safetensors = {"unet.<key>": ..., "text.<key>": ..., "vae.<key>": ... (AutoencoderKL only),
-                            "refiner.<key>": ... (with a temporal refiner only)}
+                            "refiner.<key>": ... (with a temporal refiner only),
+                            "prompt_refiner.<key>": ... (with a prompt refiner only)}
 
 `save_embedded` is what the trainer calls; `load_embedded` is what the pipeline calls.
 `random_embedded` builds the same parts randomly initialised (tests, or VCOMP_ALLOW_RANDOM=1).
@@ -42,9 +44,11 @@ class EmbeddedModel:
 
 
 def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = None,
-                          refiner_tensors: dict[str, torch.Tensor] | None = None):
-    """The `VideoAutoencoder` an embedded record describes; `tensors` = its "vae." weights and
-    `refiner_tensors` its "refiner." ones (prefixes removed; None = random initialisation)."""
+                          refiner_tensors: dict[str, torch.Tensor] | None = None,
+                          prompt_refiner_tensors: dict[str, torch.Tensor] | None = None):
+    """The `VideoAutoencoder` an embedded record describes; `tensors` = its "vae." weights,
+    `refiner_tensors` its "refiner." ones and `prompt_refiner_tensors` its "prompt_refiner." ones
+    (prefixes removed; None = random initialisation)."""
     from vcomp.model.autoencoder import KLAutoencoder, PixelUnshuffleAutoencoder
 
     kind = spec.get("type")
@@ -62,23 +66,38 @@ def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = 
         raise WeightsError(f"embedded model: bad autoencoder config ({exc})") from None
     if tensors is not None:
         load_state_dict_strict(vae, tensors, source="autoencoder weights of the embedded model")
-    refiner = None
-    if refiner_tensors and spec.get("temporal_refiner") is None:
-        raise WeightsError("embedded model: temporal refiner weights (refiner.*) are present but its description "
-                           "(autoencoder.temporal_refiner) is missing; reinstall vcomp")
-    if spec.get("temporal_refiner") is not None:
-        from vcomp.model.temporal_refiner import TemporalRefiner
+    from vcomp.model.prompt_refiner import PromptRefiner
+    from vcomp.model.temporal_refiner import TemporalRefiner
 
-        try:
-            refiner = TemporalRefiner(**spec["temporal_refiner"])
-        except (TypeError, ValueError) as exc:
-            raise WeightsError(f"embedded model: bad temporal refiner config ({exc})") from None
-        if refiner_tensors is not None:
-            load_state_dict_strict(refiner, refiner_tensors, source="temporal-refiner weights of the embedded model")
-        elif tensors is not None:  # a trained model whose refiner went missing: not silently the identity
-            raise WeightsError("embedded model: the temporal refiner is described but its weights (refiner.*) "
-                               "are missing")
-    return KLAutoencoder(vae, refiner=refiner)
+    trained = tensors is not None
+    return KLAutoencoder(vae, refiner=_stage(spec, "temporal_refiner", TemporalRefiner, refiner_tensors, trained),
+                         prompt_refiner=_stage(spec, "prompt_refiner", PromptRefiner, prompt_refiner_tensors, trained))
+
+
+_STAGE_PREFIX = {"temporal_refiner": "refiner", "prompt_refiner": "prompt_refiner"}
+
+
+def _stage(spec: dict, key: str, cls, tensors: dict[str, torch.Tensor] | None, trained: bool):
+    """The stage after the decoder that an autoencoder record describes under `key` (None when it
+    has none), with `tensors` loaded; a trained model whose stage lost its weights or description
+    is an error, not silently an identity stage."""
+    from vcomp.model.loading import load_state_dict_strict
+
+    what, prefix = key.replace("_", " "), _STAGE_PREFIX[key]
+    if tensors and spec.get(key) is None:
+        raise WeightsError(f"embedded model: {what} weights ({prefix}.*) are present but its description "
+                           f"(autoencoder.{key}) is missing; reinstall vcomp")
+    if spec.get(key) is None:
+        return None
+    try:
+        stage = cls(**spec[key])
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"embedded model: bad {what} config ({exc})") from None
+    if tensors is not None:
+        load_state_dict_strict(stage, tensors, source=f"{what.replace(' ', '-')} weights of the embedded model")
+    elif trained:
+        raise WeightsError(f"embedded model: the {what} is described but its weights ({prefix}.*) are missing")
+    return stage
 
 
 def autoencoder_spec(autoencoder) -> dict:
@@ -88,6 +107,8 @@ def autoencoder_spec(autoencoder) -> dict:
                 "config": {k: v for k, v in dict(autoencoder.vae.config).items() if not k.startswith("_")}}
         if getattr(autoencoder, "refiner", None) is not None:
             spec["temporal_refiner"] = autoencoder.refiner.config()
+        if getattr(autoencoder, "prompt_refiner", None) is not None:
+            spec["prompt_refiner"] = autoencoder.prompt_refiner.config()
         return spec
     return autoencoder.describe()
 
@@ -97,9 +118,10 @@ def autoencoder_tensors(autoencoder) -> dict[str, torch.Tensor]:
     return dict(autoencoder.vae.state_dict()) if hasattr(autoencoder, "vae") else {}
 
 
-def refiner_tensors(autoencoder) -> dict[str, torch.Tensor]:
-    """The temporal refiner's state dict (empty when the autoencoder has none)."""
-    refiner = getattr(autoencoder, "refiner", None)
+def refiner_tensors(autoencoder, which: str = "refiner") -> dict[str, torch.Tensor]:
+    """The state dict of the autoencoder's temporal refiner (`which` = "refiner") or prompt
+    refiner ("prompt_refiner"); empty when it has none."""
+    refiner = getattr(autoencoder, which, None)
     return dict(refiner.state_dict()) if refiner is not None else {}
 
 
@@ -167,8 +189,9 @@ def save_embedded(folder: str | os.PathLike, unet, text_encoder, training: dict 
         autoencoder = PixelUnshuffleAutoencoder(cfg.latent_scale)
     # the autoencoder stays fp32: it is small, and its decoder's last layers set the output's quality
     tensors.update({f"vae.{k}": v.detach().cpu().contiguous() for k, v in autoencoder_tensors(autoencoder).items()})
-    tensors.update({f"refiner.{k}": v.detach().cpu().float().contiguous()
-                    for k, v in refiner_tensors(autoencoder).items()})
+    for which in ("refiner", "prompt_refiner"):
+        tensors.update({f"{which}.{k}": v.detach().cpu().float().contiguous()
+                        for k, v in refiner_tensors(autoencoder, which).items()})
     record = {
         "format": FORMAT,
         "model": cfg.to_dict(),
@@ -220,7 +243,7 @@ def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.d
                                   source=f"UNet weights in {weights_path}")
     load_state_dict_strict(text, {k[5:]: v for k, v in sd.items() if k.startswith("text.")},
                            source=f"text-encoder weights in {weights_path}")
-    extra = sorted(k for k in sd if not k.startswith(("unet.", "text.", "vae.", "refiner.")))
+    extra = sorted(k for k in sd if not k.startswith(("unet.", "text.", "vae.", "refiner.", "prompt_refiner.")))
     if extra:
         raise WeightsError(f"{weights_path}: unexpected tensors {extra[:5]}")
     vae = {k[4:]: v for k, v in sd.items() if k.startswith("vae.")}
@@ -228,7 +251,8 @@ def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.d
     if spec.get("type") == "AutoencoderKL" and not vae:
         raise WeightsError(f"{weights_path}: the autoencoder's weights (vae.*) are missing; reinstall vcomp")
     refiner = {k[8:]: v for k, v in sd.items() if k.startswith("refiner.")}
-    autoencoder = autoencoder_from_spec(spec, vae or None, refiner or None)
+    stage = {k[15:]: v for k, v in sd.items() if k.startswith("prompt_refiner.")}
+    autoencoder = autoencoder_from_spec(spec, vae or None, refiner or None, stage or None)
     if hasattr(autoencoder, "vae"):
         autoencoder.to(device)
     return EmbeddedModel(unet.to(device).eval(), text.to(device).eval(), autoencoder, record, str(weights_path))
@@ -261,25 +285,41 @@ def with_decoder(folder: str | os.PathLike, vae, out: str | os.PathLike | None =
                          emb.record.get("style"), emb.record.get("sampling"))
 
 
-def with_refiner(folder: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Write the embedded model in `folder` with the temporal refiner of the model in `source`
-    into `out` (default: in place).
+def with_refiner(folder: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike | None = None,
+                 which: str = "refiner") -> tuple[Path, Path]:
+    """Write the embedded model in `folder` with the temporal refiner (`which` = "refiner") or the
+    prompt refiner ("prompt_refiner") of the model in `source` into `out` (default: in place).
 
-    Why: a refiner learns one decoder's flicker, so it moves only between models that share that
+    Why: a refiner learns one decoder's output, so it moves only between models that share that
     autoencoder (e.g. a UNet fine-tuned with `vcomp train --init` after the refiner was trained on
-    its parent); anything else is refused."""
+    its parent); a prompt refiner also reads the temporal refiner's output and the text encoder's
+    tokens, so those must match too. Anything else is refused."""
+    names = {"refiner": ("temporal refiner", "vcomp train-refiner"),
+             "prompt_refiner": ("prompt refiner", "vcomp train-prompt-refiner")}
+    if which not in names:
+        raise ValueError(f"which must be one of {sorted(names)}, got {which!r}")
+    what, command = names[which]
     emb, donor = load_embedded(folder), load_embedded(source)
-    refiner = getattr(donor.autoencoder, "refiner", None)
+    refiner = getattr(donor.autoencoder, which, None)
     if refiner is None:
-        raise WeightsError(f"{source}: this embedded model has no temporal refiner to copy (train one with "
-                           "`vcomp train-refiner`)")
+        raise WeightsError(f"{source}: this embedded model has no {what} to copy (train one with `{command}`)")
     if not hasattr(emb.autoencoder, "vae"):
         raise WeightsError(f"{folder}: this embedded model's latent is a pixel unshuffle; a refiner does not apply")
-    mine, theirs = emb.autoencoder.vae.state_dict(), donor.autoencoder.vae.state_dict()
-    if set(mine) != set(theirs) or not all(torch.equal(mine[k], theirs[k]) for k in mine):
-        raise WeightsError(f"{folder}: its autoencoder is not the one the refiner in {source} was trained after; "
-                           "train a refiner for it (`vcomp train-refiner --init FOLDER`)")
-    emb.autoencoder.refiner = refiner
-    training = {**emb.record.get("training", {}), "refiner": donor.record.get("training", {}).get("refiner")}
+
+    def same(a, b) -> bool:
+        a, b = a.state_dict(), b.state_dict()
+        return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+    if not same(emb.autoencoder.vae, donor.autoencoder.vae):
+        raise WeightsError(f"{folder}: its autoencoder is not the one the {what} in {source} was trained after; "
+                           f"train one for it (`{command} --init FOLDER`)")
+    if which == "prompt_refiner":
+        mine, theirs = emb.autoencoder.refiner, donor.autoencoder.refiner
+        if (mine is None) != (theirs is None) or (mine is not None and not same(mine, theirs)) \
+                or not same(emb.text_encoder, donor.text_encoder):
+            raise WeightsError(f"{folder}: its temporal refiner or text encoder is not the one the prompt refiner in "
+                               f"{source} was trained with; train one for it (`{command} --init FOLDER`)")
+    setattr(emb.autoencoder, which, refiner)
+    training = {**emb.record.get("training", {}), which: donor.record.get("training", {}).get(which)}
     return save_embedded(out or folder, emb.unet, emb.text_encoder, training, emb.autoencoder,
                          emb.record.get("style"), emb.record.get("sampling"))

@@ -186,7 +186,8 @@ def inventory(weights_dir: str | os.PathLike | None = None, assets: str | os.Pat
             "generator": {"preset": preset, "reason": reason}, "extractors": extractors}
 
 
-_NO_SETTINGS = {"default_guidance": None, "temporal_refiner": None, "noise_schedule": None, "sampling_start": None}
+_NO_SETTINGS = {"default_guidance": None, "temporal_refiner": None, "prompt_refiner": None, "noise_schedule": None,
+                "sampling_start": None}
 
 
 def _sampling_start(scheduler) -> dict:
@@ -198,7 +199,8 @@ def _sampling_start(scheduler) -> dict:
 def _embedded_settings(config_path: Path) -> dict:
     """What the embedded model's embedded.json says a user may want to know: its measured default
     guidance ("default", per-guide "by_guide"; what --guidance falls back to), its temporal
-    refiner's size (None: frames are decoded one by one), its noise schedule ("published" or
+    refiner's size (None: frames are decoded one by one), its prompt refiner's (None: none), its
+    noise schedule ("published" or
     "zero terminal SNR") and where default sampling starts (the scheduler's first timestep and
     spacing, read from the scheduler itself); None values when it cannot be read."""
     import json
@@ -212,6 +214,7 @@ def _embedded_settings(config_path: Path) -> dict:
         return {"default_guidance": {"default": sampling.get("guidance"),
                                      "by_guide": dict(sampling.get("guidance_by_guide") or {})},
                 "temporal_refiner": (record.get("autoencoder") or {}).get("temporal_refiner"),
+                "prompt_refiner": (record.get("autoencoder") or {}).get("prompt_refiner"),
                 "noise_schedule": "zero terminal SNR" if zero else "published",
                 "sampling_start": _sampling_start(get_scheduler(DEFAULT_STEPS, zero_terminal_snr=zero))}
     except (OSError, ValueError, AttributeError, TypeError):
