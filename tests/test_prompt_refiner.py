@@ -167,6 +167,11 @@ def test_cli_trains_a_prompt_refiner_moves_it_and_rejects_bad_settings(model_dir
     assert embedded["prompt_refiner"]["width"] == 8
     assert main(args) == 2  # the run exists: a one-line error, not a traceback
     assert "--resume" in capsys.readouterr().err
+    # a resumed run keeps its own options unless they are typed again
+    assert main(["train-prompt-refiner", "--out", str(tmp_path / "p"), "--resume", "--steps", "3", "--lr", "0.0005",
+                 "-q"]) == 0
+    ran = json.loads((tmp_path / "p" / "checkpoint" / "train.json").read_text())["config"]
+    assert (ran["steps"], ran["lr"], ran["batch"], ran["frames"], ran["threads"]) == (3, 0.0005, 1, 4, None)
     assert main(["train-prompt-refiner", "--init", str(model_dir), "--out", str(tmp_path / "bad"), "--swap", "2",
                  "-q"]) == 2
     assert "--swap" in capsys.readouterr().err

@@ -334,6 +334,7 @@ writes the refiner into a model with the same autoencoder (a UNet fine-tuned fro
 
 
 def train_refiner(
+    ctx: typer.Context,
     init: str = typer.Option(None, "--init", help="The embedded model folder whose decoder the refiner follows (it stays frozen). Default: the shipped model (with --resume: the run's)."),
     out: str = typer.Option("runs/refiner", "--out", "-o", help="Run folder (checkpoint/, log.jsonl, export/)."),
     steps: int = typer.Option(1500, "--steps", help="Total optimiser steps."),
@@ -356,7 +357,7 @@ def train_refiner(
     """Train a temporal refiner for an embedded model: 3D convolutions after its decoder that remove flicker.
 
     The UNet, encoder and decoder stay frozen; the export is the --init model with the refiner added."""
-    options = dict(locals())
+    options = {k: v for k, v in locals().items() if k != "ctx"}
     from vcomp.train.refiner import RefinerTrainConfig
     from vcomp.train.refiner import train_refiner as run
 
@@ -366,7 +367,7 @@ def train_refiner(
                              lr=lr, latent_noise=latent_noise, temporal_weight=temporal_weight,
                              object_weight=object_weight, seed=seed, max_minutes=max_minutes, threads=threads,
                              resume=resume, command=command)
-    summary = _train_stage(run, cfg, "refiner", steps, apply_to)
+    summary = _train_stage(run, cfg, "refiner", apply_to, _given_on_the_command_line(ctx, options))
     if json_out:
         console.print_json(summary)
     else:
@@ -387,6 +388,7 @@ also writes it into a model with the same autoencoder, temporal refiner and text
 
 
 def train_prompt_refiner(
+    ctx: typer.Context,
     init: str = typer.Option(None, "--init", help="The embedded model folder whose decoder, temporal refiner and text encoder the stage follows (all stay frozen). Default: the shipped model (with --resume: the run's)."),
     out: str = typer.Option("runs/prompt_refiner", "--out", "-o", help="Run folder (checkpoint/, log.jsonl, export/)."),
     steps: int = typer.Option(2000, "--steps", help="Total optimiser steps."),
@@ -411,7 +413,7 @@ def train_prompt_refiner(
 
     Everything else stays frozen; the export is the --init model with the stage added. Generation runs it on
     every clip, given the prompt's text tokens."""
-    options = dict(locals())
+    options = {k: v for k, v in locals().items() if k != "ctx"}
     from vcomp.train.prompt_refiner import PromptRefinerTrainConfig
     from vcomp.train.prompt_refiner import train_prompt_refiner as run
 
@@ -421,7 +423,7 @@ def train_prompt_refiner(
                                    latent_noise=latent_noise, swap=swap, empty=empty, temporal_weight=temporal_weight,
                                    object_weight=object_weight, seed=seed, max_minutes=max_minutes, threads=threads,
                                    resume=resume, command=command)
-    summary = _train_stage(run, cfg, "prompt_refiner", steps, apply_to)
+    summary = _train_stage(run, cfg, "prompt_refiner", apply_to, _given_on_the_command_line(ctx, options))
     if json_out:
         console.print_json(summary)
     else:
@@ -430,19 +432,20 @@ def train_prompt_refiner(
                     f"{summary['refined_l1']:.4f}; exported to {summary['export']}")
 
 
-def _train_stage(run, cfg, which: str, steps: int, apply_to: str | None) -> dict:
+def _train_stage(run, cfg, which: str, apply_to: str | None, explicit: set[str]) -> dict:
     """Run a stage trainer (`which`: "refiner" or "prompt_refiner") under a progress bar, then
-    write the stage into `apply_to` when given; returns the trainer's summary."""
+    write the stage into `apply_to` when given; returns the trainer's summary. `explicit`: the
+    options typed (a resumed run keeps its own values for the others)."""
     name = which.replace("_", " ")
     show = console.interactive()
     with console.progress_bar(transient=False) if show else _Nothing() as bar:
-        task = bar.add_task(name, total=steps) if show else None
+        task = bar.add_task(name, total=cfg.steps) if show else None
 
         def event(kind, info):
             if show and kind == "log":
                 bar.update(task, completed=info["step"], description=f"{name} loss {info['loss']:.4f}")
 
-        summary = run(cfg, on_event=event)
+        summary = run(cfg, on_event=event, explicit=explicit)
     if apply_to is not None:
         from vcomp.weights.embedded import with_refiner
 

@@ -115,10 +115,15 @@ class StageRun:
         return self.ckpt.record["config"] if self.ckpt is not None else {}
 
 
-def open_stage_run(cfg, what: str) -> StageRun:
+_NOT_CARRIED = {"init", "out", "max_minutes", "threads", "resume", "command"}
+
+
+def open_stage_run(cfg, what: str, explicit: set[str] | None = None) -> StageRun:
     """Check `cfg.out` against `cfg.resume`, read its checkpoint, and load the embedded model the
     stage follows (`cfg.init`, else the resumed run's, else the shipped one), which must have a
-    learned decoder; sets the torch threads. `what` names the stage in the errors."""
+    learned decoder; sets the torch threads. `what` names the stage in the errors. `explicit`:
+    the options the user typed (the CLI's); a resumed run keeps its own values for the others,
+    as `vcomp train` does (None: every value in `cfg` stands)."""
     from vcomp.errors import InputError
     from vcomp.train.checkpoint import find_checkpoint, load_checkpoint
     from vcomp.weights.embedded import load_embedded
@@ -131,6 +136,10 @@ def open_stage_run(cfg, what: str) -> StageRun:
     if existing is None and cfg.resume:
         raise InputError(f"--resume: {out} holds no checkpoint to continue")
     ckpt = load_checkpoint(existing) if existing is not None else None
+    if ckpt is not None and explicit is not None:
+        for name, value in ckpt.record["config"].items():
+            if hasattr(cfg, name) and name not in explicit and name not in _NOT_CARRIED:
+                setattr(cfg, name, value)
     init = cfg.init or (ckpt.record["config"].get("init") if ckpt is not None else None)
     emb = load_embedded(Path(init).expanduser() if init else None)
     if not hasattr(emb.autoencoder, "vae"):

@@ -136,16 +136,16 @@ def check_config(cfg: PromptRefinerTrainConfig) -> None:
             raise InputError(f"--{name} must be between 0 and 1, got {getattr(cfg, name)}")
 
 
-def train_prompt_refiner(cfg: PromptRefinerTrainConfig, on_event=None) -> dict:
+def train_prompt_refiner(cfg: PromptRefinerTrainConfig, on_event=None, explicit: set[str] | None = None) -> dict:
     """Train (or resume) a prompt refiner for the embedded model in `cfg.init`, and export the
-    model with it to `cfg.out/export`. Returns a summary dict."""
+    model with it to `cfg.out/export`. Returns a summary dict. `explicit`: see `open_stage_run`."""
     from vcomp.model.prompt_refiner import PromptRefiner
     from vcomp.train.checkpoint import save_module_checkpoint
     from vcomp.train.module_loop import export_stage, keep_architecture, open_stage_run, restore, run_module_steps
 
-    check_config(cfg)
     on_event = on_event or (lambda kind, info: None)
-    run = open_stage_run(cfg, "prompt refiner")
+    run = open_stage_run(cfg, "prompt refiner", explicit)
+    check_config(cfg)
     autoencoder, out = run.emb.autoencoder, run.out
     text_encoder = run.emb.text_encoder.eval().requires_grad_(False)
     size = int(run.emb.unet.cfg.default_size)

@@ -87,16 +87,16 @@ def check_config(cfg: RefinerTrainConfig) -> None:
         raise InputError(f"--layers must be at least 2, got {cfg.layers}")
 
 
-def train_refiner(cfg: RefinerTrainConfig, on_event=None) -> dict:
+def train_refiner(cfg: RefinerTrainConfig, on_event=None, explicit: set[str] | None = None) -> dict:
     """Train (or resume) a temporal refiner for the embedded model in `cfg.init`, and export the
-    model with it to `cfg.out/export`. Returns a summary dict."""
+    model with it to `cfg.out/export`. Returns a summary dict. `explicit`: see `open_stage_run`."""
     from vcomp.model.temporal_refiner import TemporalRefiner
     from vcomp.train.checkpoint import save_module_checkpoint
     from vcomp.train.module_loop import export_stage, keep_architecture, open_stage_run, restore, run_module_steps
 
-    check_config(cfg)
     on_event = on_event or (lambda kind, info: None)
-    run = open_stage_run(cfg, "temporal refiner")
+    run = open_stage_run(cfg, "temporal refiner", explicit)
+    check_config(cfg)
     autoencoder, out = run.emb.autoencoder, run.out
     size = int(run.emb.unet.cfg.default_size)
     keep_architecture(cfg, run, {"width": 16, "layers": 4})
