@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from vcomp.model.attention import CrossAttention
+
 
 def _spatial(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
     kernel = (1, 3, 3) if stride == 1 else (1, 4, 4)
@@ -42,23 +44,19 @@ class _Block(nn.Module):
 
 
 class _TextAttention(nn.Module):
-    """Cross-attention of every cell of every frame to the prompt's tokens."""
+    """Cross-attention of every cell of every frame to the prompt's tokens (the UNet's own
+    `CrossAttention`, after a group norm), as a residual."""
 
     def __init__(self, width: int, context_dim: int, heads: int = 4):
         super().__init__()
-        self.heads = heads
         self.norm = nn.GroupNorm(min(8, width), width)
-        self.q = nn.Linear(width, width, bias=False)
-        self.kv = nn.Linear(context_dim, 2 * width, bias=False)
-        self.out = nn.Linear(width, width)
+        self.attn = CrossAttention(width, context_dim, heads=heads, dim_head=width // heads)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
-        q = self.q(rearrange(self.norm(x), "b c t h w -> b (t h w) c"))
-        k, v = self.kv(context.to(q.dtype)).chunk(2, dim=-1)
-        q, k, v = (rearrange(z, "b n (g d) -> b g n d", g=self.heads) for z in (q, k, v))
-        a = rearrange(F.scaled_dot_product_attention(q, k, v), "b g n d -> b n (g d)")
-        return x + rearrange(self.out(a), "b (t h w) c -> b c t h w", t=t, h=h, w=w)
+        q = rearrange(self.norm(x), "b c t h w -> b (t h w) c")
+        a = self.attn(q, context.to(q.dtype))
+        return x + rearrange(a, "b (t h w) c -> b c t h w", t=t, h=h, w=w)
 
 
 class PromptRefiner(nn.Module):

@@ -101,12 +101,11 @@ class StageTrainConfig:
 @dataclass
 class StageRun:
     """A run of a trainer of one stage after an embedded model's decoder (the temporal refiner,
-    the prompt refiner): its folder, the checkpoint it resumes (None: a new run), the embedded
-    model the stage follows and where that came from."""
+    the prompt refiner): its folder, the checkpoint it resumes (None: a new run) and the embedded
+    model the stage follows (from `cfg.init`, which `open_stage_run` settles)."""
 
     out: Path
     ckpt: object | None  # vcomp.train.checkpoint.Checkpoint
-    init: str | None
     emb: object  # vcomp.weights.embedded.EmbeddedModel
 
     @property
@@ -145,7 +144,7 @@ def open_stage_run(cfg, what: str, explicit: set[str] | None = None) -> StageRun
     if not hasattr(emb.autoencoder, "vae"):
         raise InputError(f"--init {init}: that model's latent is a pixel unshuffle; it has no decoder for a {what}")
     cfg.init = init
-    return StageRun(out, ckpt, init, emb)
+    return StageRun(out, ckpt, emb)
 
 
 def keep_architecture(cfg, run: StageRun, defaults: dict) -> None:

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from vcomp.errors import InputError
 from vcomp.train.module_loop import StageTrainConfig
@@ -56,15 +55,11 @@ def swapped_scene(scene, rng: np.random.Generator, swap: float):
     return dataclasses.replace(scene, objects=objects)
 
 
-def _clip(sample) -> tuple[torch.Tensor, torch.Tensor]:
-    x = rearrange(torch.from_numpy(sample.frames), "t h w c -> c t h w").float() / 127.5 - 1.0
-    return x, rearrange(torch.from_numpy(sample.mask), "t c h w -> c t h w").float()
-
-
 def world_pairs(rng: np.random.Generator, n: int, size: int, frames: int, swap: float, empty: float,
                 split: str = "train", num_objects=(1, 2)):
     """`n` (true clip, counterfactual clip, mask of the objects of both, caption) for training or
     held-out scoring: clips [n, 3, T, size, size] in [-1, 1], masks [n, 1, T, size, size]."""
+    from vcomp.train.refiner import sample_tensors
     from vcomp.train.synthetic import caption, render, sample_scene
 
     truth, fake, masks, captions = [], [], [], []
@@ -72,8 +67,8 @@ def world_pairs(rng: np.random.Generator, n: int, size: int, frames: int, swap: 
         scene = sample_scene(rng, split, num_objects, size, frames)
         blank = rng.random() < empty
         other = scene if blank else swapped_scene(scene, rng, swap)
-        x, m = _clip(render(scene, motion="none"))
-        y, my = _clip(render(other, motion="none"))
+        x, m = sample_tensors(render(scene, motion="none"))
+        y, my = sample_tensors(render(other, motion="none"))
         truth.append(x), fake.append(y), masks.append(torch.maximum(m, my))
         captions.append("" if blank else caption(scene))
     return torch.stack(truth), torch.stack(fake), torch.stack(masks), captions
@@ -99,6 +94,7 @@ def evaluate(autoencoder, refiner, text_encoder, held: tuple, level: float = 0.1
     and the refined clip read as the captioned shape (the eval suite's classifier), and the L1 to
     the true clips."""
     from vcomp.evaluation.world_checks import analyse_object
+    from vcomp.pipeline import _uint8_frames
     from vcomp.train.synthetic import parse_caption
 
     truth, fake, _, captions = held
@@ -108,8 +104,8 @@ def evaluate(autoencoder, refiner, text_encoder, held: tuple, level: float = 0.1
     refined = refiner(inputs, tokens).clamp(-1, 1)
     wanted = [parse_caption(c)["objects"][0]["shape"] for c in captions]
 
-    def shapes_right(video) -> float:
-        frames = ((rearrange(video, "b c t h w -> b t h w c") + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    def shapes_right(video) -> float:  # read as generation writes frames
+        frames = [_uint8_frames(video[i:i + 1]) for i in range(len(video))]
         return float(np.mean([analyse_object(f)["shape"] == s for f, s in zip(frames, wanted)]))
 
     return {"input_shape": shapes_right(inputs), "refined_shape": shapes_right(refined),
@@ -150,7 +146,7 @@ def train_prompt_refiner(cfg: PromptRefinerTrainConfig, on_event=None, explicit:
     text_encoder = run.emb.text_encoder.eval().requires_grad_(False)
     size = int(run.emb.unet.cfg.default_size)
     if size % 4:
-        raise InputError(f"--init {run.init}: its frames ({size} px) are not a multiple of 4")
+        raise InputError(f"--init {cfg.init}: its frames ({size} px) are not a multiple of 4")
     keep_architecture(cfg, run, {"width": 16})
     torch.manual_seed(cfg.seed)
     refiner = PromptRefiner(int(text_encoder.dim), cfg.width).train()

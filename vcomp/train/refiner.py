@@ -36,13 +36,16 @@ def world_clips(rng: np.random.Generator, n: int, size: int, frames: int, split:
     """`n` world clips [n, 3, T, size, size] in [-1, 1] and their object masks [n, 1, T, size, size]."""
     from vcomp.train.synthetic import render, sample_scene
 
-    clips, masks = [], []
-    for _ in range(n):
-        sample = render(sample_scene(rng, split, (1, 2), size, frames), motion="none")
-        clips.append(torch.from_numpy(sample.frames))
-        masks.append(torch.from_numpy(sample.mask))
-    x = rearrange(torch.stack(clips), "b t h w c -> b c t h w").float() / 127.5 - 1.0
-    return x, rearrange(torch.stack(masks), "b t c h w -> b c t h w").float()
+    clips, masks = zip(*(sample_tensors(render(sample_scene(rng, split, (1, 2), size, frames), motion="none"))
+                         for _ in range(n)))
+    return torch.stack(clips), torch.stack(masks)
+
+
+def sample_tensors(sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rendered world sample as the stage trainers use it: its clip [3, T, H, W] in [-1, 1] and
+    its object mask [1, T, H, W]."""
+    x = rearrange(torch.from_numpy(sample.frames), "t h w c -> c t h w").float() / 127.5 - 1.0
+    return x, rearrange(torch.from_numpy(sample.mask), "t c h w -> c t h w").float()
 
 
 @torch.no_grad()

@@ -33,6 +33,11 @@ from vcomp.weights.files import embedded_paths
 
 FORMAT = "vcomp-embedded-v1"
 
+# The optional stages after the decoder, by their attribute on `KLAutoencoder` (which is also their
+# tensors' prefix): their key in the record's "autoencoder", their name in errors, what trains them.
+STAGES = {"refiner": ("temporal_refiner", "temporal refiner", "vcomp train-refiner"),
+          "prompt_refiner": ("prompt_refiner", "prompt refiner", "vcomp train-prompt-refiner")}
+
 
 @dataclass
 class EmbeddedModel:
@@ -70,20 +75,17 @@ def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = 
     from vcomp.model.temporal_refiner import TemporalRefiner
 
     trained = tensors is not None
-    return KLAutoencoder(vae, refiner=_stage(spec, "temporal_refiner", TemporalRefiner, refiner_tensors, trained),
+    return KLAutoencoder(vae, refiner=_stage(spec, "refiner", TemporalRefiner, refiner_tensors, trained),
                          prompt_refiner=_stage(spec, "prompt_refiner", PromptRefiner, prompt_refiner_tensors, trained))
 
 
-_STAGE_PREFIX = {"temporal_refiner": "refiner", "prompt_refiner": "prompt_refiner"}
-
-
-def _stage(spec: dict, key: str, cls, tensors: dict[str, torch.Tensor] | None, trained: bool):
-    """The stage after the decoder that an autoencoder record describes under `key` (None when it
-    has none), with `tensors` loaded; a trained model whose stage lost its weights or description
-    is an error, not silently an identity stage."""
+def _stage(spec: dict, prefix: str, cls, tensors: dict[str, torch.Tensor] | None, trained: bool):
+    """The stage after the decoder (`prefix`, a key of STAGES) that an autoencoder record
+    describes (None when it has none), with `tensors` loaded; a trained model whose stage lost its
+    weights or description is an error, not silently an identity stage."""
     from vcomp.model.loading import load_state_dict_strict
 
-    what, prefix = key.replace("_", " "), _STAGE_PREFIX[key]
+    key, what, _ = STAGES[prefix]
     if tensors and spec.get(key) is None:
         raise WeightsError(f"embedded model: {what} weights ({prefix}.*) are present but its description "
                            f"(autoencoder.{key}) is missing; reinstall vcomp")
@@ -105,10 +107,9 @@ def autoencoder_spec(autoencoder) -> dict:
     if hasattr(autoencoder, "vae"):
         spec = {"type": "AutoencoderKL", "factor": autoencoder.factor,
                 "config": {k: v for k, v in dict(autoencoder.vae.config).items() if not k.startswith("_")}}
-        if getattr(autoencoder, "refiner", None) is not None:
-            spec["temporal_refiner"] = autoencoder.refiner.config()
-        if getattr(autoencoder, "prompt_refiner", None) is not None:
-            spec["prompt_refiner"] = autoencoder.prompt_refiner.config()
+        for which, (key, _, _) in STAGES.items():
+            if getattr(autoencoder, which, None) is not None:
+                spec[key] = getattr(autoencoder, which).config()
         return spec
     return autoencoder.describe()
 
@@ -189,7 +190,7 @@ def save_embedded(folder: str | os.PathLike, unet, text_encoder, training: dict 
         autoencoder = PixelUnshuffleAutoencoder(cfg.latent_scale)
     # the autoencoder stays fp32: it is small, and its decoder's last layers set the output's quality
     tensors.update({f"vae.{k}": v.detach().cpu().contiguous() for k, v in autoencoder_tensors(autoencoder).items()})
-    for which in ("refiner", "prompt_refiner"):
+    for which in STAGES:
         tensors.update({f"{which}.{k}": v.detach().cpu().float().contiguous()
                         for k, v in refiner_tensors(autoencoder, which).items()})
     record = {
@@ -243,16 +244,15 @@ def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.d
                                   source=f"UNet weights in {weights_path}")
     load_state_dict_strict(text, {k[5:]: v for k, v in sd.items() if k.startswith("text.")},
                            source=f"text-encoder weights in {weights_path}")
-    extra = sorted(k for k in sd if not k.startswith(("unet.", "text.", "vae.", "refiner.", "prompt_refiner.")))
+    extra = sorted(k for k in sd if not k.startswith(("unet.", "text.", "vae.", *(f"{p}." for p in STAGES))))
     if extra:
         raise WeightsError(f"{weights_path}: unexpected tensors {extra[:5]}")
     vae = {k[4:]: v for k, v in sd.items() if k.startswith("vae.")}
     spec = record.get("autoencoder", {})
     if spec.get("type") == "AutoencoderKL" and not vae:
         raise WeightsError(f"{weights_path}: the autoencoder's weights (vae.*) are missing; reinstall vcomp")
-    refiner = {k[8:]: v for k, v in sd.items() if k.startswith("refiner.")}
-    stage = {k[15:]: v for k, v in sd.items() if k.startswith("prompt_refiner.")}
-    autoencoder = autoencoder_from_spec(spec, vae or None, refiner or None, stage or None)
+    stages = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(f"{p}.")} or None for p in STAGES}
+    autoencoder = autoencoder_from_spec(spec, vae or None, stages["refiner"], stages["prompt_refiner"])
     if hasattr(autoencoder, "vae"):
         autoencoder.to(device)
     return EmbeddedModel(unet.to(device).eval(), text.to(device).eval(), autoencoder, record, str(weights_path))
@@ -294,11 +294,9 @@ def with_refiner(folder: str | os.PathLike, source: str | os.PathLike, out: str 
     autoencoder (e.g. a UNet fine-tuned with `vcomp train --init` after the refiner was trained on
     its parent); a prompt refiner also reads the temporal refiner's output and the text encoder's
     tokens, so those must match too. Anything else is refused."""
-    names = {"refiner": ("temporal refiner", "vcomp train-refiner"),
-             "prompt_refiner": ("prompt refiner", "vcomp train-prompt-refiner")}
-    if which not in names:
-        raise ValueError(f"which must be one of {sorted(names)}, got {which!r}")
-    what, command = names[which]
+    if which not in STAGES:
+        raise ValueError(f"which must be one of {sorted(STAGES)}, got {which!r}")
+    _, what, command = STAGES[which]
     emb, donor = load_embedded(folder), load_embedded(source)
     refiner = getattr(donor.autoencoder, which, None)
     if refiner is None:

@@ -200,9 +200,9 @@ def _embedded_settings(config_path: Path) -> dict:
     """What the embedded model's embedded.json says a user may want to know: its measured default
     guidance ("default", per-guide "by_guide"; what --guidance falls back to), its temporal
     refiner's size (None: frames are decoded one by one), its prompt refiner's (None: none), its
-    noise schedule ("published" or
-    "zero terminal SNR") and where default sampling starts (the scheduler's first timestep and
-    spacing, read from the scheduler itself); None values when it cannot be read."""
+    noise schedule ("published" or "zero terminal SNR") and where default sampling starts (the
+    scheduler's first timestep and spacing, read from the scheduler itself); None values when it
+    cannot be read."""
     import json
 
     from vcomp.engine.sampling import DEFAULT_STEPS, get_scheduler
