@@ -257,3 +257,21 @@ def test_keep_freed_memory_applies_on_glibc_and_sampling_still_matches(model):
     if platform.libc_ver()[0] == "glibc":
         assert keep_freed_memory() is True
     assert torch.equal(run(), before)
+
+
+def test_prepare_cpu_training_flushes_subnormals_and_sets_threads():
+    """Training processes flush subnormal floats to zero (they slowed a stage run 3x) and use
+    the threads asked for; the test restores both settings for the tests after it."""
+    from vcomp.train.cpu import prepare_cpu_training
+
+    threads = torch.get_num_threads()
+    torch.set_flush_denormal(False)  # torch's default (a trainer run in this process may have set it)
+    assert (torch.tensor([1e-30]) * torch.tensor([1e-10])).item() != 0.0  # a subnormal, kept
+    try:
+        prepare_cpu_training(1)
+        assert torch.get_num_threads() == 1
+        assert (torch.tensor([1e-30]) * torch.tensor([1e-10])).item() == 0.0
+        assert (torch.tensor([1e-30]) * torch.tensor([1e-7])).item() != 0.0  # normal values untouched
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)

@@ -318,10 +318,9 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None, explicit: set[
     from vcomp.train.module_loop import run_module_steps
 
     on_event = on_event or (lambda kind, info: None)
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
-    from vcomp.train.cpu import keep_freed_memory
+    from vcomp.train.cpu import prepare_cpu_training
 
-    keep_freed_memory()
+    prepare_cpu_training(cfg.threads)
     out = Path(cfg.out).expanduser()
     existing = find_checkpoint(out)
     if existing is not None and not cfg.resume:

@@ -467,12 +467,10 @@ class Trainer:
 
     def _threads(self) -> None:
         if self.device.type == "cpu":
-            from vcomp.train.cpu import keep_freed_memory
+            from vcomp.train.cpu import prepare_cpu_training
 
-            keep_freed_memory()
             world = int(os.environ.get("WORLD_SIZE", "1"))
-            threads = self.cfg.threads or max(1, (os.cpu_count() or 1) // world)
-            torch.set_num_threads(threads)
+            prepare_cpu_training(self.cfg.threads or max(1, (os.cpu_count() or 1) // world))
 
     def _resolve_config(self) -> None:
         """Fresh run, or resume: the checkpoint's identity + this session's fields."""

@@ -125,9 +125,10 @@ def open_stage_run(cfg, what: str, explicit: set[str] | None = None) -> StageRun
     as `vcomp train` does (None: every value in `cfg` stands)."""
     from vcomp.errors import InputError
     from vcomp.train.checkpoint import find_checkpoint, load_checkpoint
+    from vcomp.train.cpu import prepare_cpu_training
     from vcomp.weights.embedded import load_embedded
 
-    torch.set_num_threads(cfg.threads or max(1, os.cpu_count() or 1))
+    prepare_cpu_training(cfg.threads)
     out = Path(cfg.out).expanduser()
     existing = find_checkpoint(out)
     if existing is not None and not cfg.resume:
