@@ -81,6 +81,9 @@ class PromptRefiner(nn.Module):
         self.dec2 = _Block(w2)
         self.up1 = _spatial(w2 + w1, w1)
         self.dec1 = _Block(w1)
+        # Normalised before the head: without it a run's decoder stream grew to |x| ~ 150, the
+        # SiLU in front of the head gave ~0 (subnormal) everywhere and the stage stayed the identity
+        self.out_norm = nn.GroupNorm(min(8, w1), w1)
         self.head = nn.Conv3d(w1, 3, (1, 3, 3), padding=(0, 1, 1), padding_mode="replicate")
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -104,4 +107,4 @@ class PromptRefiner(nn.Module):
         m = self.mid2(self.attn(self.mid1(self.down2(F.silu(s2))), context))
         d2 = self.dec2(self.up2(torch.cat([self._up(m, s2), s2], 1)))
         d1 = self.dec1(self.up1(torch.cat([self._up(d2, s1), s1], 1)))
-        return video + self.head(F.silu(d1))
+        return video + self.head(F.silu(self.out_norm(d1)))
