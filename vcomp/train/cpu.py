@@ -12,7 +12,9 @@ Why these three:
 - Subnormal floats (below 1.2e-38) take a slow microcode path on x86. A prompt-refiner run
   (runs/pr5, 231 k parameters, batch 8 x 4 frames) went from 0.69 to 2.2 s per step at step
   ~450, with the same weights and data each time it was resumed, and back to 0.65 s with
-  flush-to-zero; values that small change nothing a model computes.
+  flush-to-zero (its SiLU outputs had gone subnormal as the run collapsed; see
+  vcomp.model.prompt_refiner). Values that small change nothing a model computes, and a run
+  that does go wrong that way should not also crawl.
 """
 
 from __future__ import annotations
