@@ -91,6 +91,44 @@ def test_swapped_scenes_change_only_the_shapes():
         assert swapped_scene(scene, rng, 0.0) == scene
 
 
+def test_a_redraw_from_timestep_zero_is_the_clip_and_from_higher_ones_follows_the_caption(model_dir):
+    """`redrawn` noises the clips' latents to a timestep and denoises them with the UNet: from t = 0
+    there is little to redraw (nearly the clean decode comes back; this random UNet's eps is large,
+    and alpha_bar(0) is not quite 1), from mid noise the UNet's drawing
+    replaces the clip's, and it depends on the caption (the guided text branch) and the noise."""
+    from vcomp.train.prompt_refiner import redrawn, world_pairs
+    from vcomp.weights.embedded import load_embedded
+
+    emb = load_embedded(model_dir)
+    truth, _, _, captions = world_pairs(np.random.default_rng(0), 2, 64, 4, 1.0, 0.0)
+    with torch.no_grad():
+        still, clean = redrawn(emb, truth, captions, 0, 2, torch.Generator().manual_seed(0))
+        assert still.shape == clean.shape == truth.shape
+        mid, clean_again = redrawn(emb, truth, captions, 500, 2, torch.Generator().manual_seed(0))
+        assert torch.equal(clean, clean_again)
+        assert float((still - clean).abs().mean()) < 0.4 * float((mid - clean).abs().mean())
+        same, _ = redrawn(emb, truth, captions, 500, 2, torch.Generator().manual_seed(0))
+        other_noise, _ = redrawn(emb, truth, captions, 500, 2, torch.Generator().manual_seed(1))
+        other_words, _ = redrawn(emb, truth, ["a green star", "a white circle"], 500, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(mid, same)  # deterministic for a seed
+    assert not torch.allclose(mid, other_noise) and not torch.allclose(mid, other_words)
+
+
+def test_a_run_with_redrawn_inputs_trains_and_scores_them(model_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = train_prompt_refiner(PromptRefinerTrainConfig(
+        init=str(model_dir), out=str(out), redraw=0.5, redraw_t_min=300, redraw_t_max=400, redraw_steps=2,
+        **{**TINY, "batch": 2, "steps": 2}))
+    assert summary["step"] == 2
+    assert 0 <= summary["redrawn_input_shape"] <= 1 and 0 <= summary["redrawn_refined_shape"] <= 1
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(entry["loss"]) and entry["loss"] > 0 for entry in log)
+    for bad, word in ((dict(redraw=1.5), "--redraw"), (dict(redraw_t_max=950), "--redraw-t"),
+                      (dict(redraw_t_min=400, redraw_t_max=300), "--redraw-t"), (dict(redraw_steps=0), "--redraw-steps")):
+        with pytest.raises(InputError, match=word):
+            train_prompt_refiner(PromptRefinerTrainConfig(init=str(model_dir), out=str(tmp_path / "bad"), **bad, **TINY))
+
+
 def test_train_prompt_refiner_exports_the_model_with_it_and_resumes(model_dir, tmp_path):
     from vcomp.pipeline import Pipeline
     from vcomp.weights.embedded import load_embedded

@@ -62,6 +62,10 @@ def models(
         r = embedded["prompt_refiner"]
         out.print(f"prompt refiner: a text-conditioned U-Net of width {r['width']} after it (redraws outlines as "
                   "the prompt names them)")
+    if gen["preset"] == "tiny" and embedded.get("shape_critic"):
+        c = embedded["shape_critic"]
+        out.print(f"shape critic: classifies {', '.join(c['shapes'])}; shape guidance (--shape-guidance) "
+                  f"{c['shape_guidance']:g} by default")
     if gen["preset"] == "tiny" and embedded.get("noise_schedule"):
         start = embedded.get("sampling_start")
         when = (f" ({start['steps']} DDIM steps start at t = {start['timestep']}, {start['spacing']} spacing)"

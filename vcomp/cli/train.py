@@ -373,7 +373,8 @@ def train_refiner(
     else:
         console.log(f"step {summary['step']}: held-out temporal L1 {summary['decoded_temporal']:.4f} -> "
                     f"{summary['refined_temporal']:.4f}, L1 {summary['decoded_l1']:.4f} -> "
-                    f"{summary['refined_l1']:.4f}; exported to {summary['export']}")
+                    f"{summary['refined_l1']:.4f}; redrawn by the UNet {summary['redrawn_input_shape']:.0%} -> "
+                    f"{summary['redrawn_refined_shape']:.0%}; exported to {summary['export']}")
 
 
 PROMPT_REFINER_EPILOG = """
@@ -399,6 +400,10 @@ def train_prompt_refiner(
     latent_noise: float = typer.Option(0.3, "--latent-noise", help="Per-frame latent noise of std up to this on the counterfactual clips (scaled-latent units)."),
     swap: float = typer.Option(0.6, "--swap", help="Chance that an object of a training clip is drawn with another shape for the stage to correct."),
     empty: float = typer.Option(0.1, "--empty", help="Share of clips with the empty prompt and no swap (there the stage learns to change nothing)."),
+    redraw: float = typer.Option(0.0, "--redraw", help="Share of each batch whose input is the UNet's redraw of the true clip (a generation's look with a known target) instead of a swapped render."),
+    redraw_t_min: int = typer.Option(200, "--redraw-t-min", help="Lowest timestep the redrawn clips are noised to."),
+    redraw_t_max: int = typer.Option(500, "--redraw-t-max", help="Highest timestep the redrawn clips are noised to (at most 900)."),
+    redraw_steps: int = typer.Option(3, "--redraw-steps", help="Guided DDIM steps of a redraw."),
     temporal_weight: float = typer.Option(0.5, "--temporal-weight", help="Weight of the loss on frame differences (keeps outlines steady)."),
     object_weight: float = typer.Option(4.0, "--object-weight", help="Extra loss weight on the objects of both clips (1 + this on their pixels)."),
     apply_to: str = typer.Option(None, "--apply-to", help="Afterwards also write the stage into the embedded model in this folder (same autoencoder, temporal refiner and text encoder as --init)."),
@@ -420,7 +425,9 @@ def train_prompt_refiner(
     console.set_quiet(quiet)
     command = _command_line(options, "train-prompt-refiner")
     cfg = PromptRefinerTrainConfig(init=init, out=out, steps=steps, batch=batch, frames=frames, width=width, lr=lr,
-                                   latent_noise=latent_noise, swap=swap, empty=empty, temporal_weight=temporal_weight,
+                                   latent_noise=latent_noise, swap=swap, empty=empty, redraw=redraw,
+                                   redraw_t_min=redraw_t_min, redraw_t_max=redraw_t_max, redraw_steps=redraw_steps,
+                                   temporal_weight=temporal_weight,
                                    object_weight=object_weight, seed=seed, max_minutes=max_minutes, threads=threads,
                                    resume=resume, command=command)
     summary = _train_stage(run, cfg, "prompt_refiner", apply_to, _given_on_the_command_line(ctx, options))
@@ -429,7 +436,44 @@ def train_prompt_refiner(
     else:
         console.log(f"step {summary['step']}: held-out wrongly drawn shapes read as the prompted one "
                     f"{summary['input_shape']:.0%} -> {summary['refined_shape']:.0%}, L1 {summary['input_l1']:.4f} -> "
-                    f"{summary['refined_l1']:.4f}; exported to {summary['export']}")
+                    f"{summary['refined_l1']:.4f}; redrawn by the UNet {summary['redrawn_input_shape']:.0%} -> "
+                    f"{summary['redrawn_refined_shape']:.0%}; exported to {summary['export']}")
+
+
+SHAPE_CRITIC_EPILOG = """Examples:\n
+  vcomp train-shape-critic --out runs/critic                        # for the shipped model\n
+  vcomp train-shape-critic --init runs/pref/export --out runs/pref/export --shape-guidance 1.5\n
+\n
+Trains a small classifier of the world's four shapes on world frames seen through the model's
+decoder (about a minute on 2 cores) and writes the model with it to OUT; generation then steers
+each '{colour} {shape}' of a prompt towards that shape (--shape-guidance on the generating
+commands, 0 = off).
+"""
+
+
+def train_shape_critic(
+    init: str = typer.Option(None, "--init", help="The embedded model folder whose decoder the critic judges. Default: the shipped model."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder to write the model with the critic to (may be --init's, to add it in place).", show_default=False),
+    steps: int = typer.Option(1500, "--steps", help="Optimiser steps."),
+    clips: int = typer.Option(1536, "--clips", help="One-object world clips (4 frames each) to train on."),
+    shape_guidance: float = typer.Option(None, "--shape-guidance", help="The model's default strength of shape guidance. Default: the --init model's, else 1.0.", show_default=False),
+    seed: int = SEED,
+    json_out: bool = JSON_SUMMARY,
+    quiet: bool = QUIET,
+) -> None:
+    """Add a shape critic to an embedded model, for shape guidance at sampling."""
+    from vcomp.train.shape_critic import add_shape_critic
+
+    console.set_quiet(quiet)
+    with console.progress("shape critic") as update:
+        summary = add_shape_critic(init, out, steps=steps, seed=seed, clips=clips, shape_guidance=shape_guidance,
+                                   on_step=lambda step, loss: update(step + 1, steps))
+    if json_out:
+        console.print_json(summary)
+    else:
+        console.log(f"shape critic: held-out accuracy {summary['clean_accuracy']:.1%} on clean frames, "
+                    f"{summary['decoded_accuracy']:.1%} through the decoder; shape guidance "
+                    f"{summary['shape_guidance']:g}; written to {summary['export']}")
 
 
 def _train_stage(run, cfg, which: str, apply_to: str | None, explicit: set[str]) -> dict:
@@ -466,3 +510,4 @@ def register(app: typer.Typer) -> None:
     app.command("train-autoencoder", epilog=AE_EPILOG)(train_autoencoder)
     app.command("train-refiner", epilog=REFINER_EPILOG)(train_refiner)
     app.command("train-prompt-refiner", epilog=PROMPT_REFINER_EPILOG)(train_prompt_refiner)
+    app.command("train-shape-critic", epilog=SHAPE_CRITIC_EPILOG)(train_shape_critic)

@@ -110,14 +110,17 @@ def build_kl_vae(config: dict | None = None, device: str | torch.device = "cpu")
 class KLAutoencoder(nn.Module):
     """Video wrapper around a diffusers `AutoencoderKL`, frame-chunked; with an optional
     `TemporalRefiner` run over the whole decoded clip (the embedded model's deflicker) and an
-    optional `PromptRefiner` after it (the text-conditioned stage that redraws outlines)."""
+    optional `PromptRefiner` after it (the text-conditioned stage that redraws outlines). A
+    `ShapeCritic` of this decoder's output may travel with it (it does not change the output:
+    sampling's shape guidance reads it)."""
 
     def __init__(self, vae, chunk: int = 16, refiner: nn.Module | None = None,
-                 prompt_refiner: nn.Module | None = None):
+                 prompt_refiner: nn.Module | None = None, shape_critic: nn.Module | None = None):
         super().__init__()
         self.vae = vae.eval().requires_grad_(False)
         self.refiner = refiner.eval().requires_grad_(False) if refiner is not None else None
         self.prompt_refiner = prompt_refiner.eval().requires_grad_(False) if prompt_refiner is not None else None
+        self.shape_critic = shape_critic.eval().requires_grad_(False) if shape_critic is not None else None
         cfg = vae.config
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)
         self.latent_channels = cfg.latent_channels
@@ -160,4 +163,5 @@ class KLAutoencoder(nn.Module):
             "chunk": self.chunk,
             **({"temporal_refiner": self.refiner.config()} if self.refiner is not None else {}),
             **({"prompt_refiner": self.prompt_refiner.config()} if self.prompt_refiner is not None else {}),
+            **({"shape_critic": self.shape_critic.config()} if self.shape_critic is not None else {}),
         }

@@ -737,6 +737,9 @@ class Trainer:
                 self.on_event("note", {"message": "the --init model's prompt refiner is left out of this run's exports "
                                        "(it reads the text encoder, which training changes); train a new one with "
                                        "`vcomp train-prompt-refiner --init EXPORT`"})
+            if spec.pop("shape_critic", None) is not None:  # not carried through this run's checkpoints
+                self.on_event("note", {"message": "the --init model's shape critic is left out of this run's exports; "
+                                       "add one with `vcomp train-shape-critic --init EXPORT`"})
             return autoencoder_from_spec(spec, init.vae or None, init.refiner or None)
         if base.in_dim == 3 * base.latent_scale**2:
             return autoencoder_from_spec({"type": "pixel_unshuffle", "factor": base.latent_scale})

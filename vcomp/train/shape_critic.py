@@ -1,4 +1,5 @@
-"""A small frozen shape classifier for the `--shape-weight` training term.
+"""Training the shape critic (vcomp.model.shape_critic), for the `--shape-weight` training term and
+for shape guidance at sampling (`vcomp train-shape-critic`).
 
 Why: the embedded model decides an object's shape at mid noise (t ~ 500-650, see
 docs/embedded-model.md, "Where shapes are lost"), where the shape word moves the latent loss by a
@@ -6,11 +7,8 @@ few per cent, so the plain loss (and the caption-contrast hinge, latent or decod
 it. A classifier of the world's four shapes, run on the decoded clean-latent prediction cropped
 around the true object, turns "is this a star?" into a loss of its own at every noise level.
 
-The critic only sees a crop (never the mask, which would give the shape away): a square window
-centred on the object's mask centroid, sized from its bounding box, resampled with `grid_sample`
-(differentiable, so gradients reach the UNet through the frozen decoder). It is trained here on
-world frames as the model will show them: clean, through the autoencoder, and through it with
-noisy latents, with jittered crops.
+It is trained here on world frames as the model will show them: clean, through the autoencoder,
+and through it with noisy latents, with jittered crops.
 """
 
 from __future__ import annotations
@@ -18,73 +16,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from vcomp.train.synthetic import SHAPES
+from vcomp.model.shape_critic import MIN_AREA, ShapeCritic, critic_logits, crop_boxes, object_crops
+from vcomp.train.synthetic import PALETTE, SHAPES
 
-CROP = 24  #: crop side in pixels the critic sees
-CROP_SCALE = 1.5  #: crop side / the object's larger bounding-box side
-MIN_AREA = 12.0  #: frames whose object covers fewer pixels are not judged (out of frame, occluded)
+DEFAULT_SHAPE_GUIDANCE = 1.0  #: the best measured of 1, 1.5, 2 and 4 on the text task (docs/embedded-model.md)
 
-
-class ShapeCritic(nn.Module):
-    """circle / square / triangle / star from a [N, 3, CROP, CROP] crop in [-1, 1] (24 k parameters)."""
-
-    def __init__(self, width: int = 24):
-        super().__init__()
-        w = width
-        self.net = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.GroupNorm(4, w), nn.SiLU(),
-            nn.Conv2d(w, w, 3, stride=2, padding=1), nn.GroupNorm(4, w), nn.SiLU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(4, 2 * w), nn.SiLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(4, 2 * w), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, len(SHAPES)))
-
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        return self.net(crops)
-
-
-def crop_boxes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Centre (x, y) in pixels, crop side in pixels and area of each mask [N, H, W] (soft or
-    bool): the centroid, CROP_SCALE x the larger bounding-box side (pixels over 0.5)."""
-    m = masks.float()
-    n, h, w = m.shape
-    area = m.sum((1, 2))
-    xs = torch.arange(w, dtype=m.dtype, device=m.device)
-    ys = torch.arange(h, dtype=m.dtype, device=m.device)
-    safe = area.clamp(min=1e-6)
-    cx = (m.sum(1) * xs).sum(1) / safe
-    cy = (m.sum(2) * ys).sum(1) / safe
-    cols, rows = m.amax(1) > 0.5, m.amax(2) > 0.5
-    big = torch.tensor(float(max(h, w)), device=m.device)
-
-    def extent(on: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        lo = torch.where(on, pos, big).amin(1)
-        hi = torch.where(on, pos, -big).amax(1)
-        return (hi - lo + 1).clamp(min=1)
-
-    side = CROP_SCALE * torch.maximum(extent(cols, xs), extent(rows, ys))
-    return torch.stack([cx, cy], 1), side, area
-
-
-def object_crops(frames: torch.Tensor, centres: torch.Tensor, sides: torch.Tensor, size: int = CROP) -> torch.Tensor:
-    """[N, 3, size, size] windows of `frames` [N, 3, H, W] around `centres` [N, 2] (x, y px) with
-    sides `sides` [N] px; bilinear, border-padded, differentiable in `frames`."""
-    n, _, h, w = frames.shape
-    theta = frames.new_zeros(n, 2, 3)
-    theta[:, 0, 0] = sides / w
-    theta[:, 1, 1] = sides / h
-    theta[:, 0, 2] = (2 * centres[:, 0] + 1) / w - 1  # align_corners=False pixel centres
-    theta[:, 1, 2] = (2 * centres[:, 1] + 1) / h - 1
-    grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
-    return F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def critic_logits(critic: ShapeCritic, frames: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [N, 4] of the object in each frame [N, 3, H, W] located by its mask [N, H, W], and
-    which frames count (the object shows at least MIN_AREA pixels) [N] bool."""
-    centres, sides, area = crop_boxes(masks)
-    return critic(object_crops(frames, centres, sides)), area >= MIN_AREA
+__all__ = ["ShapeCritic", "critic_accuracy", "critic_logits", "crop_boxes", "object_crops", "train_shape_critic"]
 
 
 def _world_frames(seed: int, clips: int, split: str, frames: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,7 +82,7 @@ def train_shape_critic(autoencoder, seed: int = 0, steps: int = 1500, clips: int
     x = _as_seen(autoencoder, x, g, noise)
     centres0, sides0, area = crop_boxes(m)
     keep = torch.nonzero(area >= MIN_AREA).flatten()
-    critic = ShapeCritic()
+    critic = ShapeCritic(shapes=SHAPES, colours=PALETTE)
     opt = torch.optim.AdamW(critic.parameters(), lr=lr, weight_decay=1e-4)
     for step in range(steps):
         for group in opt.param_groups:
@@ -174,3 +112,33 @@ def critic_accuracy(critic: ShapeCritic, autoencoder, seed: int = 0, clips: int 
         logits, counted = critic_logits(critic, v, m)
         out[name] = round(float((logits.argmax(1) == y)[counted].float().mean()), 4)
     return out
+
+
+def add_shape_critic(init: str | None, out: str, steps: int = 1500, seed: int = 0, clips: int = 1536,
+                     shape_guidance: float | None = None, on_step=None) -> dict:
+    """`vcomp train-shape-critic`: train a critic on the decoder of the embedded model in `init`
+    (None: the shipped one) on `clips` world clips and write that model with it into `out`, its sampling block's
+    `shape_guidance` set to `shape_guidance` (None: the model's, else DEFAULT_SHAPE_GUIDANCE). Returns a summary."""
+    from pathlib import Path
+
+    from vcomp.errors import InputError
+    from vcomp.weights.embedded import load_embedded, save_embedded
+
+    for name, value in (("steps", steps), ("clips", clips)):
+        if value < 1:
+            raise InputError(f"--{name} must be at least 1, got {value}")
+    if shape_guidance is not None and shape_guidance < 0:
+        raise InputError(f"--shape-guidance must be 0 or more, got {shape_guidance}")
+    emb = load_embedded(Path(init).expanduser() if init else None)
+    if not hasattr(emb.autoencoder, "vae"):
+        raise InputError(f"--init {init}: that model's latent is a pixel unshuffle; a shape critic needs its decoder")
+    sampling = dict(emb.record.get("sampling") or {})
+    sampling["shape_guidance"] = float(shape_guidance if shape_guidance is not None
+                                       else sampling.get("shape_guidance", DEFAULT_SHAPE_GUIDANCE))
+    critic, record = train_shape_critic(emb.autoencoder, seed=seed, steps=steps, clips=clips, on_step=on_step)
+    emb.autoencoder.shape_critic = critic
+    training = {**emb.record.get("training", {}),
+                "shape_critic": {**record, "init": init, "shape_guidance": sampling["shape_guidance"]}}
+    paths = save_embedded(Path(out).expanduser(), emb.unet, emb.text_encoder, training, emb.autoencoder,
+                          emb.record.get("style"), sampling)
+    return {"export": str(paths[0].parent), "shape_guidance": sampling["shape_guidance"], **record}

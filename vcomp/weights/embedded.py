@@ -6,14 +6,16 @@
       "text_encoder": {"vocab": [...], "dim", "max_len", "depth", "heads"},
       "autoencoder": {"type": "AutoencoderKL", "config": {...diffusers config...},
                       "temporal_refiner": {"width", "layers"} (optional: the deflicker after the decoder),
-                      "prompt_refiner": {"context_dim", "width"} (optional: the text-conditioned stage after it)}
+                      "prompt_refiner": {"context_dim", "width"} (optional: the text-conditioned stage after it),
+                      "shape_critic": {"width", "shapes", "colours"} (optional: the classifier of shape guidance)}
                      (or {"type": "pixel_unshuffle", "factor": 4}, the first release's latent),
       "style": {"extractor": "colour-stats-v1", "dim": 64},
       "training": {...}                                     # free-form record written by the trainer
     }
     embedded.safetensors = {"unet.<key>": ..., "text.<key>": ..., "vae.<key>": ... (AutoencoderKL only),
                             "refiner.<key>": ... (with a temporal refiner only),
-                            "prompt_refiner.<key>": ... (with a prompt refiner only)}
+                            "prompt_refiner.<key>": ... (with a prompt refiner only),
+                            "shape_critic.<key>": ... (with a shape critic only)}
 
 `save_embedded` is what the trainer calls; `load_embedded` is what the pipeline calls.
 `random_embedded` builds the same parts randomly initialised (tests, or VCOMP_ALLOW_RANDOM=1).
@@ -33,10 +35,12 @@ from vcomp.weights.files import embedded_paths
 
 FORMAT = "vcomp-embedded-v1"
 
-# The optional stages after the decoder, by their attribute on `KLAutoencoder` (which is also their
-# tensors' prefix): their key in the record's "autoencoder", their name in errors, what trains them.
+# The optional parts trained after the decoder, by their attribute on `KLAutoencoder` (which is also
+# their tensors' prefix): their key in the record's "autoencoder", their name in errors, what trains
+# them. The refiners change the decoded clip; the shape critic judges it (for shape guidance).
 STAGES = {"refiner": ("temporal_refiner", "temporal refiner", "vcomp train-refiner"),
-          "prompt_refiner": ("prompt_refiner", "prompt refiner", "vcomp train-prompt-refiner")}
+          "prompt_refiner": ("prompt_refiner", "prompt refiner", "vcomp train-prompt-refiner"),
+          "shape_critic": ("shape_critic", "shape critic", "vcomp train-shape-critic")}
 
 
 @dataclass
@@ -50,10 +54,11 @@ class EmbeddedModel:
 
 def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = None,
                           refiner_tensors: dict[str, torch.Tensor] | None = None,
-                          prompt_refiner_tensors: dict[str, torch.Tensor] | None = None):
+                          prompt_refiner_tensors: dict[str, torch.Tensor] | None = None,
+                          shape_critic_tensors: dict[str, torch.Tensor] | None = None):
     """The `VideoAutoencoder` an embedded record describes; `tensors` = its "vae." weights,
-    `refiner_tensors` its "refiner." ones and `prompt_refiner_tensors` its "prompt_refiner." ones
-    (prefixes removed; None = random initialisation)."""
+    `refiner_tensors` its "refiner." ones, `prompt_refiner_tensors` its "prompt_refiner." ones and
+    `shape_critic_tensors` its "shape_critic." ones (prefixes removed; None = random initialisation)."""
     from vcomp.model.autoencoder import KLAutoencoder, PixelUnshuffleAutoencoder
 
     kind = spec.get("type")
@@ -72,11 +77,13 @@ def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = 
     if tensors is not None:
         load_state_dict_strict(vae, tensors, source="autoencoder weights of the embedded model")
     from vcomp.model.prompt_refiner import PromptRefiner
+    from vcomp.model.shape_critic import ShapeCritic
     from vcomp.model.temporal_refiner import TemporalRefiner
 
     trained = tensors is not None
     return KLAutoencoder(vae, refiner=_stage(spec, "refiner", TemporalRefiner, refiner_tensors, trained),
-                         prompt_refiner=_stage(spec, "prompt_refiner", PromptRefiner, prompt_refiner_tensors, trained))
+                         prompt_refiner=_stage(spec, "prompt_refiner", PromptRefiner, prompt_refiner_tensors, trained),
+                         shape_critic=_stage(spec, "shape_critic", ShapeCritic, shape_critic_tensors, trained))
 
 
 def _stage(spec: dict, prefix: str, cls, tensors: dict[str, torch.Tensor] | None, trained: bool):
@@ -120,8 +127,8 @@ def autoencoder_tensors(autoencoder) -> dict[str, torch.Tensor]:
 
 
 def refiner_tensors(autoencoder, which: str = "refiner") -> dict[str, torch.Tensor]:
-    """The state dict of the autoencoder's temporal refiner (`which` = "refiner") or prompt
-    refiner ("prompt_refiner"); empty when it has none."""
+    """The state dict of the autoencoder's temporal refiner (`which` = "refiner"), prompt refiner
+    ("prompt_refiner") or shape critic ("shape_critic"); empty when it has none."""
     refiner = getattr(autoencoder, which, None)
     return dict(refiner.state_dict()) if refiner is not None else {}
 
@@ -252,7 +259,8 @@ def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.d
     if spec.get("type") == "AutoencoderKL" and not vae:
         raise WeightsError(f"{weights_path}: the autoencoder's weights (vae.*) are missing; reinstall vcomp")
     stages = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(f"{p}.")} or None for p in STAGES}
-    autoencoder = autoencoder_from_spec(spec, vae or None, stages["refiner"], stages["prompt_refiner"])
+    autoencoder = autoencoder_from_spec(spec, vae or None, stages["refiner"], stages["prompt_refiner"],
+                                        stages["shape_critic"])
     if hasattr(autoencoder, "vae"):
         autoencoder.to(device)
     return EmbeddedModel(unet.to(device).eval(), text.to(device).eval(), autoencoder, record, str(weights_path))

@@ -186,8 +186,8 @@ def inventory(weights_dir: str | os.PathLike | None = None, assets: str | os.Pat
             "generator": {"preset": preset, "reason": reason}, "extractors": extractors}
 
 
-_NO_SETTINGS = {"default_guidance": None, "temporal_refiner": None, "prompt_refiner": None, "noise_schedule": None,
-                "sampling_start": None}
+_NO_SETTINGS = {"default_guidance": None, "temporal_refiner": None, "prompt_refiner": None, "shape_critic": None,
+                "noise_schedule": None, "sampling_start": None}
 
 
 def _sampling_start(scheduler) -> dict:
@@ -196,11 +196,19 @@ def _sampling_start(scheduler) -> dict:
             "spacing": scheduler.config.timestep_spacing}
 
 
+def _shape_critic_settings(record: dict, sampling: dict) -> dict | None:
+    critic = (record.get("autoencoder") or {}).get("shape_critic")
+    if critic is None:
+        return None
+    return {"shapes": list(critic.get("shapes") or []), "width": critic.get("width"),
+            "shape_guidance": float(sampling.get("shape_guidance", 0.0))}
+
+
 def _embedded_settings(config_path: Path) -> dict:
     """What the embedded model's embedded.json says a user may want to know: its measured default
     guidance ("default", per-guide "by_guide"; what --guidance falls back to), its temporal
     refiner's size (None: frames are decoded one by one), its prompt refiner's (None: none), its
-    noise schedule ("published" or "zero terminal SNR") and where default sampling starts (the
+    shape critic's classes with the default shape guidance (None: no critic), its noise schedule ("published" or "zero terminal SNR") and where default sampling starts (the
     scheduler's first timestep and spacing, read from the scheduler itself); None values when it
     cannot be read."""
     import json
@@ -215,6 +223,7 @@ def _embedded_settings(config_path: Path) -> dict:
                                      "by_guide": dict(sampling.get("guidance_by_guide") or {})},
                 "temporal_refiner": (record.get("autoencoder") or {}).get("temporal_refiner"),
                 "prompt_refiner": (record.get("autoencoder") or {}).get("prompt_refiner"),
+                "shape_critic": _shape_critic_settings(record, sampling),
                 "noise_schedule": "zero terminal SNR" if zero else "published",
                 "sampling_start": _sampling_start(get_scheduler(DEFAULT_STEPS, zero_terminal_snr=zero))}
     except (OSError, ValueError, AttributeError, TypeError):
