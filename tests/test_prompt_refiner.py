@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vcomp.errors import InputError, WeightsError
+from vcomp.errors import InputError
 from vcomp.model.prompt_refiner import PromptRefiner
 from vcomp.train.prompt_refiner import PromptRefinerTrainConfig, swapped_scene, train_prompt_refiner
 
@@ -164,24 +164,12 @@ def test_train_prompt_refiner_exports_the_model_with_it_and_resumes(model_dir, t
 
 
 def test_a_prompt_refiner_without_its_description_or_weights_is_a_weights_error(model_dir, tmp_path):
-    from safetensors.torch import load_file, save_file
+    from stages import assert_stage_needs_weights_and_description
 
-    from vcomp.weights.embedded import load_embedded, save_embedded
+    from vcomp.weights.embedded import load_embedded
 
     emb = load_embedded(model_dir)
-    emb.autoencoder.prompt_refiner = PromptRefiner(emb.text_encoder.dim, 8)
-    weights, config = save_embedded(tmp_path, emb.unet, emb.text_encoder, autoencoder=emb.autoencoder)
-    assert load_embedded(tmp_path).autoencoder.prompt_refiner is not None
-    tensors = load_file(str(weights))
-    save_file({k: v for k, v in tensors.items() if not k.startswith("prompt_refiner.")}, str(weights))
-    with pytest.raises(WeightsError, match="prompt refiner"):
-        load_embedded(tmp_path)
-    save_file(tensors, str(weights))
-    record = json.loads(config.read_text())
-    del record["autoencoder"]["prompt_refiner"]
-    config.write_text(json.dumps(record))
-    with pytest.raises(WeightsError, match="prompt refiner"):
-        load_embedded(tmp_path)
+    assert_stage_needs_weights_and_description(emb, "prompt_refiner", PromptRefiner(emb.text_encoder.dim, 8), tmp_path)
 
 
 def test_cli_trains_a_prompt_refiner_moves_it_and_rejects_bad_settings(model_dir, tmp_path, capsys):

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from vcomp.errors import InputError, WeightsError
+from vcomp.errors import InputError
 from vcomp.model.temporal_refiner import TemporalRefiner
 from vcomp.train.refiner import RefinerTrainConfig, refiner_loss, train_refiner
 
@@ -109,17 +109,11 @@ def test_train_refiner_exports_the_model_with_it_and_resumes(model_dir, tmp_path
 
 
 def test_a_refiner_without_its_description_or_weights_is_a_weights_error(model_dir, tmp_path):
-    from vcomp.weights.embedded import load_embedded, save_embedded
+    from stages import assert_stage_needs_weights_and_description
 
-    emb = load_embedded(model_dir)
-    emb.autoencoder.refiner = TemporalRefiner(4, 2)
-    weights, config = save_embedded(tmp_path, emb.unet, emb.text_encoder, autoencoder=emb.autoencoder)
-    assert load_embedded(tmp_path).autoencoder.refiner is not None
-    record = json.loads(config.read_text())
-    del record["autoencoder"]["temporal_refiner"]
-    config.write_text(json.dumps(record))
-    with pytest.raises(WeightsError, match="temporal refiner"):
-        load_embedded(tmp_path)
+    from vcomp.weights.embedded import load_embedded
+
+    assert_stage_needs_weights_and_description(load_embedded(model_dir), "refiner", TemporalRefiner(4, 2), tmp_path)
 
 
 def test_cli_trains_a_refiner_and_rejects_bad_settings(model_dir, tmp_path, capsys):

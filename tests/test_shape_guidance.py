@@ -19,7 +19,7 @@ from vcomp.engine.shape_guidance import (
     soft_centroids,
     without_moves,
 )
-from vcomp.errors import InputError, WeightsError
+from vcomp.errors import InputError
 from vcomp.model.shape_critic import SHAPE_NAMES, ShapeCritic
 from vcomp.train.synthetic import PALETTE, SHAPES
 
@@ -146,7 +146,7 @@ def critic_model(tmp_path_factory):
 
 
 def test_a_model_carries_its_shape_critic_and_generation_uses_it(critic_model, tmp_path):
-    from safetensors.torch import load_file, save_file
+    from stages import assert_stage_needs_weights_and_description
 
     from vcomp.pipeline import Pipeline
     from vcomp.weights.embedded import load_embedded, random_embedded, save_embedded
@@ -182,18 +182,7 @@ def test_a_model_carries_its_shape_critic_and_generation_uses_it(critic_model, t
         no_critic.generate(None, "a red star", steps=1, size=(32, 32), num_frames=2, shape_guidance=1.0)
     assert no_critic.generate(None, "a red star", steps=1, size=(32, 32), num_frames=2).info["shape_guidance"] == 0.0
     # weights without the description, or the reverse: a corrupt model, not a silent loss
-    copy = tmp_path / "copy"
-    weights, config = save_embedded(copy, emb.unet, emb.text_encoder, autoencoder=emb.autoencoder)
-    tensors = load_file(str(weights))
-    save_file({k: v for k, v in tensors.items() if not k.startswith("shape_critic.")}, str(weights))
-    with pytest.raises(WeightsError, match="shape critic"):
-        load_embedded(copy)
-    save_file(tensors, str(weights))
-    record = json.loads(config.read_text())
-    del record["autoencoder"]["shape_critic"]
-    config.write_text(json.dumps(record))
-    with pytest.raises(WeightsError, match="shape critic"):
-        load_embedded(copy)
+    assert_stage_needs_weights_and_description(emb, "shape_critic", emb.autoencoder.shape_critic, tmp_path / "copy")
 
 
 def test_cli_adds_a_critic_reports_it_and_passes_the_strength_on(critic_model, tmp_path, capsys):

@@ -74,3 +74,16 @@ def test_the_shipped_latent_space_gives_back_a_moving_world_clip(shipped):
         shipped.reconstruct(sample.frames.astype(np.float32))
     with pytest.raises(InputError, match="multiple of 8"):
         shipped.reconstruct(sample.frames[:, :60])
+
+
+def test_the_shipped_model_guides_shapes_with_a_critic_that_reads_its_decoder(shipped):
+    """Shape guidance is on by default and its critic reads the world's shapes through this
+    model's decoder (the suite measures what guidance gives, docs/embedded-model.md)."""
+    from vcomp.train.shape_critic import critic_accuracy
+
+    assert shipped.shape_critic is not None and shipped.default_shape_guidance > 0
+    assert critic_accuracy(shipped.shape_critic, shipped.autoencoder, seed=5, clips=24)["decoded_accuracy"] >= 0.8
+    prompt = "a yellow star moving right on a purple background"
+    guided = shipped.generate(None, prompt, steps=10, seed=1)
+    assert guided.info["shape_guidance"] == shipped.default_shape_guidance
+    assert not (guided.frames == shipped.generate(None, prompt, steps=10, seed=1, shape_guidance=0).frames).all()
