@@ -131,6 +131,7 @@ def test_cli_trains_a_refiner_and_rejects_bad_settings(model_dir, tmp_path, caps
     assert "--resume" in capsys.readouterr().err
     assert main([*args, "--resume", "--steps", "3", "--width", "8"]) == 2  # the run's architecture is fixed
     assert "--width 8" in capsys.readouterr().err
+    assert main([a for a in args if a != "--json"] + ["--resume", "--steps", "3"]) == 0  # the one-line summary
     assert main(["train-refiner", "--init", str(model_dir), "--out", str(tmp_path / "bad"), "--layers", "1", "-q"]) == 2
     assert "--layers" in capsys.readouterr().err
 

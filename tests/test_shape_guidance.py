@@ -211,6 +211,9 @@ def test_cli_adds_a_critic_reports_it_and_passes_the_strength_on(critic_model, t
     assert main(["t2v", "a red star", "-o", str(tmp_path / "w.mp4"), "--weights", str(out), "--shape-guidance", "-1",
                  "-q"]) == 2
     assert "--shape-guidance" in capsys.readouterr().err and not (tmp_path / "w.mp4").exists()
+    assert main(["train-shape-critic", "--init", str(critic_model), "--out", str(tmp_path / "plain"), "--steps", "2",
+                 "--clips", "2", "-q"]) == 0  # the one-line summary
+    assert load_embedded(tmp_path / "plain").record["sampling"]["shape_guidance"] == 1.0  # the --init model's
     assert main(["train-shape-critic", "--init", str(critic_model), "--out", str(tmp_path / "bad"), "--clips", "0",
                  "-q"]) == 2
     assert "--clips" in capsys.readouterr().err

@@ -373,8 +373,7 @@ def train_refiner(
     else:
         console.log(f"step {summary['step']}: held-out temporal L1 {summary['decoded_temporal']:.4f} -> "
                     f"{summary['refined_temporal']:.4f}, L1 {summary['decoded_l1']:.4f} -> "
-                    f"{summary['refined_l1']:.4f}; redrawn by the UNet {summary['redrawn_input_shape']:.0%} -> "
-                    f"{summary['redrawn_refined_shape']:.0%}; exported to {summary['export']}")
+                    f"{summary['refined_l1']:.4f}; exported to {summary['export']}")
 
 
 PROMPT_REFINER_EPILOG = """
