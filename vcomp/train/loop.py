@@ -722,7 +722,8 @@ class Trainer:
         if ckpt is not None:
             spec = ckpt.record.get("autoencoder") or {"type": "pixel_unshuffle", "factor": base.latent_scale}
             self.autoencoder_history = ckpt.record.get("autoencoder_history")
-            return autoencoder_from_spec(spec, ckpt.weights("vae.") or None, ckpt.weights("refiner.") or None)
+            return autoencoder_from_spec(spec, ckpt.weights("vae.") or None,
+                                         {"refiner": ckpt.weights("refiner.") or None})
         if self.cfg.autoencoder:
             from vcomp.model.autoencoder import KLAutoencoder
             from vcomp.train.autoencoder import load_autoencoder
@@ -740,7 +741,7 @@ class Trainer:
             if spec.pop("shape_critic", None) is not None:  # not carried through this run's checkpoints
                 self.on_event("note", {"message": "the --init model's shape critic is left out of this run's exports; "
                                        "add one with `vcomp train-shape-critic --init EXPORT`"})
-            return autoencoder_from_spec(spec, init.vae or None, init.refiner or None)
+            return autoencoder_from_spec(spec, init.vae or None, {"refiner": init.refiner or None})
         if base.in_dim == 3 * base.latent_scale**2:
             return autoencoder_from_spec({"type": "pixel_unshuffle", "factor": base.latent_scale})
         raise InputError(f"the {base.name!r} preset denoises a learned latent ({base.in_dim} channels): pass "

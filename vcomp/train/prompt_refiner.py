@@ -107,13 +107,14 @@ def redrawn(emb, clips: torch.Tensor, captions: list[str], t_start: int, steps: 
     with their captions against the empty prompt at the model's sampling guidance; the clean
     clips through the autoencoder), both decoded as the prompt refiner sees clips."""
     from vcomp.engine.parameterization import schedule_alphas_cumprod, to_x0
-    from vcomp.engine.sampling import DEFAULT_GUIDANCE, Branch, make_eps_fn
+    from vcomp.engine.sampling import Branch, make_eps_fn
+    from vcomp.pipeline import _sampling_defaults
 
     unet, autoencoder = emb.unet, emb.autoencoder
     alphas = schedule_alphas_cumprod(bool(getattr(unet.cfg, "zero_terminal_snr", False))).float()
     latent = autoencoder.encode(clips)
     tokens, _ = emb.text_encoder.encode(list(captions) + [""])
-    guidance = float((emb.record.get("sampling") or {}).get("guidance", DEFAULT_GUIDANCE))
+    guidance, _, _ = _sampling_defaults(emb.record.get("sampling") or {}, emb.source)  # what generation uses
     eps_fn = make_eps_fn(unet, Branch(context=tokens[:-1]), Branch(context=tokens[-1:].expand(len(clips), -1, -1)),
                          guidance=guidance, alphas_cumprod=alphas)
     x = alphas[t_start].sqrt() * latent + (1 - alphas[t_start]).sqrt() * torch.randn(latent.shape, generator=generator)

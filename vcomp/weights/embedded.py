@@ -53,12 +53,10 @@ class EmbeddedModel:
 
 
 def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = None,
-                          refiner_tensors: dict[str, torch.Tensor] | None = None,
-                          prompt_refiner_tensors: dict[str, torch.Tensor] | None = None,
-                          shape_critic_tensors: dict[str, torch.Tensor] | None = None):
-    """The `VideoAutoencoder` an embedded record describes; `tensors` = its "vae." weights,
-    `refiner_tensors` its "refiner." ones, `prompt_refiner_tensors` its "prompt_refiner." ones and
-    `shape_critic_tensors` its "shape_critic." ones (prefixes removed; None = random initialisation)."""
+                          stage_tensors: dict[str, dict[str, torch.Tensor] | None] | None = None):
+    """The `VideoAutoencoder` an embedded record describes; `tensors` = its "vae." weights and
+    `stage_tensors[which]` those of each part of STAGES ("refiner.", "prompt_refiner.",
+    "shape_critic." ones; prefixes removed; None or absent = random initialisation)."""
     from vcomp.model.autoencoder import KLAutoencoder, PixelUnshuffleAutoencoder
 
     kind = spec.get("type")
@@ -80,10 +78,10 @@ def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = 
     from vcomp.model.shape_critic import ShapeCritic
     from vcomp.model.temporal_refiner import TemporalRefiner
 
-    trained = tensors is not None
-    return KLAutoencoder(vae, refiner=_stage(spec, "refiner", TemporalRefiner, refiner_tensors, trained),
-                         prompt_refiner=_stage(spec, "prompt_refiner", PromptRefiner, prompt_refiner_tensors, trained),
-                         shape_critic=_stage(spec, "shape_critic", ShapeCritic, shape_critic_tensors, trained))
+    classes = {"refiner": TemporalRefiner, "prompt_refiner": PromptRefiner, "shape_critic": ShapeCritic}
+    given = stage_tensors or {}
+    return KLAutoencoder(vae, **{which: _stage(spec, which, classes[which], given.get(which), tensors is not None)
+                                 for which in STAGES})
 
 
 def _stage(spec: dict, prefix: str, cls, tensors: dict[str, torch.Tensor] | None, trained: bool):
@@ -259,8 +257,7 @@ def load_embedded(folder: str | os.PathLike | None = None, device: str | torch.d
     if spec.get("type") == "AutoencoderKL" and not vae:
         raise WeightsError(f"{weights_path}: the autoencoder's weights (vae.*) are missing; reinstall vcomp")
     stages = {p: {k[len(p) + 1:]: v for k, v in sd.items() if k.startswith(f"{p}.")} or None for p in STAGES}
-    autoencoder = autoencoder_from_spec(spec, vae or None, stages["refiner"], stages["prompt_refiner"],
-                                        stages["shape_critic"])
+    autoencoder = autoencoder_from_spec(spec, vae or None, stages)
     if hasattr(autoencoder, "vae"):
         autoencoder.to(device)
     return EmbeddedModel(unet.to(device).eval(), text.to(device).eval(), autoencoder, record, str(weights_path))
