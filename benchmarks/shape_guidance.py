@@ -1,11 +1,13 @@
-"""What shape guidance costs: seconds per generation of the embedded model with and without it
-(same prompt, seed and steps), and their ratio, measured in the same run.
+"""What shape and track guidance cost: seconds per generation of the embedded model without them,
+with shape guidance alone and with both (same prompt, seed and steps), and the ratios to the plain
+run, measured in the same run.
 
     python benchmarks/shape_guidance.py [--assets DIR] [--steps 50] [--repeat 2] [--json]
 
 Shape guidance (vcomp.engine.shape_guidance) decodes the clean-latent prediction and
 back-propagates a shape critic through the decoder at the steps with 300 <= t <= 800 (about half
-of them); the rest of sampling is unchanged.
+of them); track guidance (vcomp.engine.track_guidance) back-propagates the object's centroid track
+through the same decode, over its own timesteps; the rest of sampling is unchanged.
 """
 
 from __future__ import annotations
@@ -29,23 +31,26 @@ def main() -> None:
     pipe = Pipeline.load(device="cpu", preset="tiny", assets=args.assets)
     if pipe.shape_critic is None:
         raise SystemExit("this model has no shape critic (add one with `vcomp train-shape-critic`)")
-    strength = pipe.default_shape_guidance or 1.0
+    shape = pipe.default_shape_guidance or 1.0
+    track = pipe.default_track_guidance or 1.0
     pipe.generate(None, args.prompt, steps=2, seed=0)  # warm-up
 
-    def seconds(shape_guidance: float) -> float:
+    def seconds(shape_guidance: float, track_guidance: float) -> float:
         times = []
         for _ in range(args.repeat):
             start = time.perf_counter()
-            pipe.generate(None, args.prompt, steps=args.steps, seed=0, shape_guidance=shape_guidance)
+            pipe.generate(None, args.prompt, steps=args.steps, seed=0, shape_guidance=shape_guidance,
+                          track_guidance=track_guidance)
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
-    plain, guided = seconds(0.0), seconds(strength)
-    row = {"steps": args.steps, "shape_guidance": strength, "plain_s": round(plain, 3), "guided_s": round(guided, 3),
-           "ratio": round(guided / plain, 3)}
+    plain, shaped, both = seconds(0.0, 0.0), seconds(shape, 0.0), seconds(shape, track)
+    row = {"steps": args.steps, "shape_guidance": shape, "track_guidance": track, "plain_s": round(plain, 3),
+           "shape_s": round(shaped, 3), "shape_and_track_s": round(both, 3), "shape_ratio": round(shaped / plain, 3),
+           "shape_and_track_ratio": round(both / plain, 3)}
     print(json.dumps(row) if args.json else
-          f"{args.steps} steps: {plain:.2f} s plain, {guided:.2f} s with shape guidance {strength:g} "
-          f"(x{guided / plain:.2f})")
+          f"{args.steps} steps: {plain:.2f} s plain, {shaped:.2f} s with shape guidance {shape:g} "
+          f"(x{shaped / plain:.2f}), {both:.2f} s with track guidance {track:g} too (x{both / plain:.2f})")
 
 
 if __name__ == "__main__":

@@ -99,18 +99,19 @@ def _parse_guide(guide) -> list[str]:
     return [n for n in GUIDABLE if n in names]
 
 
-def _sampling_defaults(sampling: dict, source) -> tuple[float, dict[str, float], float]:
-    """(default guidance, per-guide defaults, default shape guidance) from an embedded.json
+def _sampling_defaults(sampling: dict, source) -> tuple[float, dict[str, float], float, float]:
+    """(default guidance, per-guide defaults, default shape and track guidance) from an embedded.json
     "sampling" block; a malformed block is a corrupt model, reported as such rather than as a
     traceback."""
     try:
         guidance = float(sampling.get("guidance", EMBEDDED_GUIDANCE))
         by_guide = {str(k): float(v) for k, v in (sampling.get("guidance_by_guide") or {}).items()}
         shape_guidance = float(sampling.get("shape_guidance", 0.0))
+        track_guidance = float(sampling.get("track_guidance", 0.0))
     except (TypeError, ValueError, AttributeError) as exc:
         raise WeightsError(f"embedded.json beside {source}: its 'sampling' block is malformed ({exc}); "
                            "restore the file or remove the block") from None
-    return guidance, by_guide, shape_guidance
+    return guidance, by_guide, shape_guidance, track_guidance
 
 
 class Pipeline:
@@ -120,7 +121,7 @@ class Pipeline:
                  autocast_dtype: torch.dtype | None = None, weights: dict | None = None,
                  size: tuple[int, int] = (64, 64), num_frames: int = 16, notes: Sequence[str] = (),
                  guidance: float = PUBLISHED_GUIDANCE, guidance_by_guide: dict[str, float] | None = None,
-                 shape_guidance: float = 0.0):
+                 shape_guidance: float = 0.0, track_guidance: float = 0.0):
         self.unet = unet.eval()
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder.eval() if hasattr(text_encoder, "eval") else text_encoder
@@ -139,8 +140,9 @@ class Pipeline:
         if unknown:
             raise WeightsError(f"sampling.guidance_by_guide names {unknown[0]!r}, which is not guidable; "
                                f"use names from {', '.join(GUIDABLE)}")
-        # the strength of shape guidance when generate() is given None (used only with a shape critic)
+        # the strengths of shape and track guidance when generate() is given None (only with a shape critic)
         self.default_shape_guidance = float(shape_guidance)
+        self.default_track_guidance = float(track_guidance)
         self.notes = list(notes)
         with torch.inference_mode(), self._autocast():
             null, _ = self.encode_text([""])
@@ -210,12 +212,14 @@ class Pipeline:
             load_embedded(assets)  # raises the WeightsError that says what is missing
             raise AssertionError("unreachable")
         size = emb.unet.cfg.default_size
-        guidance, by_guide, shape_guidance = _sampling_defaults(emb.record.get("sampling") or {}, emb.source)
+        guidance, by_guide, shape_guidance, track_guidance = _sampling_defaults(emb.record.get("sampling") or {},
+                                                                                emb.source)
         return cls(emb.unet.to(device), emb.autoencoder, emb.text_encoder.to(device),
                    TinyAdapter(style_dim=emb.unet.cfg.style_dim), preset="tiny", device=device,
                    autocast_dtype=autocast_dtype, weights={"embedded": emb.source}, size=(size, size),
                    num_frames=16, notes=notes,
-                   guidance=guidance, guidance_by_guide=by_guide, shape_guidance=shape_guidance)
+                   guidance=guidance, guidance_by_guide=by_guide, shape_guidance=shape_guidance,
+                   track_guidance=track_guidance)
 
     # ------------------------------------------------------------------ helpers
 
@@ -274,11 +278,20 @@ class Pipeline:
         already constrains the object, and the critic's step fights it (measured on the suite:
         sketch F1 0.58 -> 0.47, motion-vector direction 23 -> 22 of 24; docs/embedded-model.md).
         0 without a shape critic."""
-        if shape_guidance is not None:
-            return float(shape_guidance)
+        return self._prompt_led(shape_guidance, self.default_shape_guidance, conditions)
+
+    def track_guidance_or_default(self, track_guidance: float | None, conditions: ConditionSet | None = None) -> float:
+        """`track_guidance`, or when None the model's default where the prompt alone sets the
+        layout (as `shape_guidance_or_default`: a motion condition already sets the motion); 0
+        without a shape critic (whose colours find the objects)."""
+        return self._prompt_led(track_guidance, self.default_track_guidance, conditions)
+
+    def _prompt_led(self, value: float | None, default: float, conditions: ConditionSet | None) -> float:
+        if value is not None:
+            return float(value)
         if self.shape_critic is None or (conditions is not None and set(conditions.present()) - {"style"}):
             return 0.0
-        return self.default_shape_guidance
+        return default
 
     def shape_targets(self, prompt: str) -> list:
         """The objects of `prompt` that shape guidance steers ([] without a shape critic)."""
@@ -286,6 +299,13 @@ class Pipeline:
 
         critic = self.shape_critic
         return shape_targets(prompt, critic.shapes, critic.colours) if critic is not None else []
+
+    def track_targets(self, prompt: str) -> list:
+        """The objects of `prompt` with a named motion that track guidance steers ([] without a shape critic)."""
+        from vcomp.engine.track_guidance import track_targets
+
+        critic = self.shape_critic
+        return track_targets(prompt, critic.shapes, critic.colours) if critic is not None else []
 
     def describe(self) -> dict:
         cfg = self.unet.cfg
@@ -296,6 +316,7 @@ class Pipeline:
                 "guidance": {"default": self.default_guidance, **({"by_guide": dict(self.guidance_by_guide)}
                                                                    if self.guidance_by_guide else {})},
                 "shape_guidance": self.default_shape_guidance if self.shape_critic is not None else None,
+                "track_guidance": self.default_track_guidance if self.shape_critic is not None else None,
                 "unet": {"name": cfg.name, "in_dim": cfg.in_dim, "context_dim": cfg.context_dim,
                          "style_dim": cfg.style_dim}, "weights": self.weights}
 
@@ -306,7 +327,7 @@ class Pipeline:
                  eta: float = 0.0, seed: int = 0, num_frames: int | None = None,
                  size: tuple[int, int] | None = None, source_frames: np.ndarray | None = None,
                  keep_known: str = "both", progress: Callable[[int, int], None] | None = None,
-                 shape_guidance: float | None = None) -> GenerationResult:
+                 shape_guidance: float | None = None, track_guidance: float | None = None) -> GenerationResult:
         """Generate one video.
 
         guide: what the unconditional branch drops (names from GUIDABLE). None = the published
@@ -321,6 +342,8 @@ class Pipeline:
             shape critic; None = the model's default when no condition but a style is given, else 0
             (`shape_guidance_or_default`); 0 = off. It acts on the prompt's "{colour} {shape}"
             pairs; a prompt without any is sampled without it.
+        track_guidance: strength of track guidance (vcomp.engine.track_guidance), the same way: it
+            moves each "{colour} {shape} moving {direction}" (or "standing still") the named way.
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -343,12 +366,14 @@ class Pipeline:
         h, w = height // ae.factor, width // ae.factor
 
         guidance = self.guidance_or_default(guidance, guided)
-        if shape_guidance is not None and shape_guidance < 0:
-            raise InputError(f"shape guidance must be >= 0, got {shape_guidance}")
-        if shape_guidance and self.shape_critic is None:
-            raise InputError("shape guidance needs a model with a shape critic (add one with `vcomp train-shape-critic`); "
-                             "leave --shape-guidance out or set it to 0")
+        for kind, value in (("shape", shape_guidance), ("track", track_guidance)):
+            if value is not None and value < 0:
+                raise InputError(f"{kind} guidance must be >= 0, got {value}")
+            if value and self.shape_critic is None:
+                raise InputError(f"{kind} guidance needs a model with a shape critic (add one with "
+                                 f"`vcomp train-shape-critic`); leave --{kind}-guidance out or set it to 0")
         shape_scale = self.shape_guidance_or_default(shape_guidance, conditions)
+        track_scale = self.track_guidance_or_default(track_guidance, conditions)
         inputs = self.adapter.prepare(conditions, frames, (width, height), source_frames)
         from vcomp.model.adapters import MODEL_NAMES
 
@@ -393,11 +418,13 @@ class Pipeline:
             eps_fn = make_eps_fn(unet, cond, uncond, float(guidance), self.autocast_dtype, scheduler.alphas_cumprod,
                                  output=output)
             targets = self.shape_targets(prompt) if shape_scale > 0 else []
-            if targets:
+            tracks = self.track_targets(prompt) if track_scale > 0 else []
+            if targets or tracks:
                 from vcomp.engine.shape_guidance import shape_guided
 
                 eps_fn = shape_guided(eps_fn, lambda z: ae.decode(z, refine=False), self.shape_critic, targets,
-                                      scheduler.alphas_cumprod, shape_scale, output=output)
+                                      scheduler.alphas_cumprod, shape_scale, output=output, tracks=tracks,
+                                      track_scale=track_scale)
             noise = get_noise((1, ae.latent_channels, frames, h, w), seed, dev,
                               shared=getattr(unet.cfg, "noise_shared", 0.0))
             known = hole = source = None
@@ -428,7 +455,7 @@ class Pipeline:
             "model": self.preset, "weights": self.weights, "device": str(dev),
             "dtype": str(self.autocast_dtype or torch.float32).replace("torch.", ""),
             "seed": int(seed), "steps": int(steps), "guidance": float(guidance), "guide": guided, "eta": float(eta),
-            "shape_guidance": shape_scale if targets else 0.0,
+            "shape_guidance": shape_scale if targets else 0.0, "track_guidance": track_scale if tracks else 0.0,
             "num_frames": frames, "size": [width, height], "prompt": prompt, "negative_prompt": negative_prompt,
             "conditions": conditions.present(), "model_conditions": sorted(inputs.conditions),
             "keep_known": keep_known if inputs.known is not None else None,

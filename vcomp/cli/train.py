@@ -456,23 +456,25 @@ def train_shape_critic(
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps."),
     clips: int = typer.Option(1536, "--clips", help="One-object world clips (4 frames each) to train on."),
     shape_guidance: float = typer.Option(None, "--shape-guidance", help="The model's default strength of shape guidance. Default: the --init model's, else 1.0.", show_default=False),
+    track_guidance: float = typer.Option(None, "--track-guidance", help="The model's default strength of track guidance (which finds objects by the critic's colours). Default: the --init model's, else 1.0.", show_default=False),
     seed: int = SEED,
     json_out: bool = JSON_SUMMARY,
     quiet: bool = QUIET,
 ) -> None:
-    """Add a shape critic to an embedded model, for shape guidance at sampling."""
+    """Add a shape critic to an embedded model, for shape and track guidance at sampling."""
     from vcomp.train.shape_critic import add_shape_critic
 
     console.set_quiet(quiet)
     with console.progress("shape critic") as update:
         summary = add_shape_critic(init, out, steps=steps, seed=seed, clips=clips, shape_guidance=shape_guidance,
-                                   on_step=lambda step, loss: update(step + 1, steps))
+                                   track_guidance=track_guidance, on_step=lambda step, loss: update(step + 1, steps))
     if json_out:
         console.print_json(summary)
     else:
         console.log(f"shape critic: held-out accuracy {summary['clean_accuracy']:.1%} on clean frames, "
                     f"{summary['decoded_accuracy']:.1%} through the decoder; shape guidance "
-                    f"{summary['shape_guidance']:g}; written to {summary['export']}")
+                    f"{summary['shape_guidance']:g}, track guidance {summary['track_guidance']:g}; "
+                    f"written to {summary['export']}")
 
 
 def _train_stage(run, cfg, which: str, apply_to: str | None, explicit: set[str]) -> dict:

@@ -122,7 +122,8 @@ def shape_log_prob(critic, frames: torch.Tensor, targets: list[ShapeTarget]) -> 
 
 def shape_guided(eps_fn: EpsFn, decode: Callable[[torch.Tensor], torch.Tensor], critic, targets: list[ShapeTarget],
                  alphas_cumprod: torch.Tensor, scale: float, output: str = "eps",
-                 t_range: tuple[int, int] = T_RANGE, keep_places: bool = True, spacing: int = SPACING) -> EpsFn:
+                 t_range: tuple[int, int] = T_RANGE, keep_places: bool = True, spacing: int = SPACING,
+                 tracks: list = (), track_scale: float = 0.0, track_range: tuple[int, int] | None = None) -> EpsFn:
     """`eps_fn` with shape guidance at the timesteps in `t_range` (inclusive). `output`: what
     `eps_fn` returns ("eps" or "v"), so x0 is recovered and the prediction rewritten alike.
     `decode(latent [B, C, T, h, w]) -> video [B, 3, T, H, W]` in [-1, 1], differentiable, frame by
@@ -131,39 +132,58 @@ def shape_guided(eps_fn: EpsFn, decode: Callable[[torch.Tensor], torch.Tensor], 
     motion). `spacing`: guidance acts at the first step in `t_range` and then at the first step at
     least `spacing` timesteps below the last guided one, with `scale` x (gap / spacing), so the
     total push and the cost do not grow with the number of sampling steps (at 20 steps, as the
-    shipped default was measured, every step in the range is guided at `scale`; at 50, every third)."""
-    if scale <= 0 or not targets:
+    shipped default was measured, every step in the range is guided at `scale`; at 50, every third).
+    `tracks` (vcomp.engine.track_guidance.TrackTarget) with `track_scale` over `track_range`
+    (None: track_guidance.T_RANGE): the same decode also moves x0 `track_scale` (unit RMS) down the
+    gradient of each object's `track_error`, towards a track that moves the named way; the two
+    steps share the spacing rule."""
+    from vcomp.engine import track_guidance
+
+    track_range = track_range or track_guidance.T_RANGE
+    shaping = scale > 0 and bool(targets)
+    tracking = track_scale > 0 and bool(tracks)
+    if not shaping and not tracking:
         return eps_fn
     if output not in ("eps", "v"):
         raise ValueError(f"output must be 'eps' or 'v', got {output!r}")
-    lo, hi = t_range
     last: list[int] = []  # the timestep guidance last acted at (this sampling run's)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         pred = eps_fn(x, t)
         step = int(t)
-        if not lo <= step <= hi or (last and last[-1] - step < spacing):
+        shape_now = shaping and t_range[0] <= step <= t_range[1]
+        track_now = tracking and track_range[0] <= step <= track_range[1]
+        if not (shape_now or track_now) or (last and last[-1] - step < spacing):
             return pred
-        strength = scale * (min(last[-1] - step, 2 * spacing) / spacing if last else 1.0)
+        gap = min(last[-1] - step, 2 * spacing) / spacing if last else 1.0
         last.append(step)
         a = alphas_cumprod[step].to(x.device, torch.float32)
         sa, s1 = a.sqrt(), (1 - a).sqrt()
         x0 = sa * x - s1 * pred if output == "v" else (x - s1 * pred) / sa
+        moved = x0
         with torch.inference_mode(False), torch.enable_grad():
             z = x0.detach().clone().requires_grad_(True)
             video = decode(z).float()
             frames = [video[b].transpose(0, 1) for b in range(len(video))]
-            log_prob = sum(shape_log_prob(critic, f, targets) for f in frames)
-            if not log_prob.requires_grad:  # no object found in any frame
-                return pred
-            (grad,) = torch.autograd.grad(log_prob, z, retain_graph=keep_places)
-            if keep_places:  # reshape each object where it is: no step along its centroid's gradients
-                centres = torch.stack([torch.stack([soft_centroids(f, tg) for tg in targets]) for f in frames])
-                coords = [centres[:, k, :, axis].sum() for k in range(len(targets)) for axis in (0, 1)]
-                moves = [torch.autograd.grad(c, z, retain_graph=i + 1 < len(coords))[0] for i, c in enumerate(coords)]
-                grad = without_moves(grad, moves)
-        grad = grad / grad.pow(2).mean().sqrt().clamp(min=1e-12)
-        moved = x0 + strength * grad.to(x0.dtype)
+            if track_now:
+                error = sum(track_guidance.track_error(f, tg) for f in frames for tg in tracks)
+                if error.requires_grad:
+                    (grad,) = torch.autograd.grad(error, z, retain_graph=shape_now)
+                    grad = grad / grad.pow(2).mean().sqrt().clamp(min=1e-12)
+                    moved = moved - track_scale * gap * grad.to(x0.dtype)
+            log_prob = sum(shape_log_prob(critic, f, targets) for f in frames) if shape_now else None
+            if log_prob is not None and log_prob.requires_grad:  # some object found
+                (grad,) = torch.autograd.grad(log_prob, z, retain_graph=keep_places)
+                if keep_places:  # reshape each object where it is: no step along its centroid's gradients
+                    centres = torch.stack([torch.stack([soft_centroids(f, tg) for tg in targets]) for f in frames])
+                    coords = [centres[:, k, :, axis].sum() for k in range(len(targets)) for axis in (0, 1)]
+                    moves = [torch.autograd.grad(c, z, retain_graph=i + 1 < len(coords))[0]
+                             for i, c in enumerate(coords)]
+                    grad = without_moves(grad, moves)
+                grad = grad / grad.pow(2).mean().sqrt().clamp(min=1e-12)
+                moved = moved + scale * gap * grad.to(x0.dtype)
+        if moved is x0:
+            return pred
         return (sa * x - moved) / s1 if output == "v" else (x - sa * moved) / s1
 
     return guided

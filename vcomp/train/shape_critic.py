@@ -21,6 +21,7 @@ from vcomp.model.shape_critic import MIN_AREA, ShapeCritic, critic_logits, crop_
 from vcomp.train.synthetic import PALETTE, SHAPES
 
 DEFAULT_SHAPE_GUIDANCE = 1.0  #: the best measured of 1, 1.5, 2 and 4 on the text task (docs/embedded-model.md)
+DEFAULT_TRACK_GUIDANCE = 1.0  #: measured on the text task over t 500-900 (docs/embedded-model.md)
 
 __all__ = ["ShapeCritic", "critic_accuracy", "critic_logits", "crop_boxes", "object_crops", "train_shape_critic"]
 
@@ -115,10 +116,11 @@ def critic_accuracy(critic: ShapeCritic, autoencoder, seed: int = 0, clips: int 
 
 
 def add_shape_critic(init: str | None, out: str, steps: int = 1500, seed: int = 0, clips: int = 1536,
-                     shape_guidance: float | None = None, on_step=None) -> dict:
+                     shape_guidance: float | None = None, on_step=None, track_guidance: float | None = None) -> dict:
     """`vcomp train-shape-critic`: train a critic on the decoder of the embedded model in `init`
     (None: the shipped one) on `clips` world clips and write that model with it into `out`, its sampling block's
-    `shape_guidance` set to `shape_guidance` (None: the model's, else DEFAULT_SHAPE_GUIDANCE). Returns a summary."""
+    `shape_guidance` set to `shape_guidance` (None: the model's, else DEFAULT_SHAPE_GUIDANCE) and its
+    `track_guidance` likewise (DEFAULT_TRACK_GUIDANCE). Returns a summary."""
     from pathlib import Path
 
     from vcomp.errors import InputError
@@ -127,18 +129,23 @@ def add_shape_critic(init: str | None, out: str, steps: int = 1500, seed: int = 
     for name, value in (("steps", steps), ("clips", clips)):
         if value < 1:
             raise InputError(f"--{name} must be at least 1, got {value}")
-    if shape_guidance is not None and shape_guidance < 0:
-        raise InputError(f"--shape-guidance must be 0 or more, got {shape_guidance}")
+    for flag, value in (("--shape-guidance", shape_guidance), ("--track-guidance", track_guidance)):
+        if value is not None and value < 0:
+            raise InputError(f"{flag} must be 0 or more, got {value}")
     emb = load_embedded(Path(init).expanduser() if init else None)
     if not hasattr(emb.autoencoder, "vae"):
         raise InputError(f"--init {init}: that model's latent is a pixel unshuffle; a shape critic needs its decoder")
     sampling = dict(emb.record.get("sampling") or {})
     sampling["shape_guidance"] = float(shape_guidance if shape_guidance is not None
                                        else sampling.get("shape_guidance", DEFAULT_SHAPE_GUIDANCE))
+    sampling["track_guidance"] = float(track_guidance if track_guidance is not None
+                                       else sampling.get("track_guidance", DEFAULT_TRACK_GUIDANCE))
     critic, record = train_shape_critic(emb.autoencoder, seed=seed, steps=steps, clips=clips, on_step=on_step)
     emb.autoencoder.shape_critic = critic
     training = {**emb.record.get("training", {}),
-                "shape_critic": {**record, "init": init, "shape_guidance": sampling["shape_guidance"]}}
+                "shape_critic": {**record, "init": init, "shape_guidance": sampling["shape_guidance"],
+                                 "track_guidance": sampling["track_guidance"]}}
     paths = save_embedded(Path(out).expanduser(), emb.unet, emb.text_encoder, training, emb.autoencoder,
                           emb.record.get("style"), sampling)
-    return {"export": str(paths[0].parent), "shape_guidance": sampling["shape_guidance"], **record}
+    return {"export": str(paths[0].parent), "shape_guidance": sampling["shape_guidance"],
+            "track_guidance": sampling["track_guidance"], **record}

@@ -201,14 +201,15 @@ def _shape_critic_settings(record: dict, sampling: dict) -> dict | None:
     if critic is None:
         return None
     return {"shapes": list(critic.get("shapes") or []), "width": critic.get("width"),
-            "shape_guidance": float(sampling.get("shape_guidance", 0.0))}
+            "shape_guidance": float(sampling.get("shape_guidance", 0.0)),
+            "track_guidance": float(sampling.get("track_guidance", 0.0))}
 
 
 def _embedded_settings(config_path: Path) -> dict:
     """What the embedded model's embedded.json says a user may want to know: its measured default
     guidance ("default", per-guide "by_guide"; what --guidance falls back to), its temporal
     refiner's size (None: frames are decoded one by one), its prompt refiner's (None: none), its
-    shape critic's classes with the default shape guidance (None: no critic), its noise schedule ("published" or "zero terminal SNR") and where default sampling starts (the
+    shape critic's classes with the default shape and track guidance (None: no critic), its noise schedule ("published" or "zero terminal SNR") and where default sampling starts (the
     scheduler's first timestep and spacing, read from the scheduler itself); None values when it
     cannot be read."""
     import json
