@@ -87,3 +87,18 @@ def test_the_shipped_model_guides_shapes_with_a_critic_that_reads_its_decoder(sh
     guided = shipped.generate(None, prompt, steps=10, seed=1)
     assert guided.info["shape_guidance"] == shipped.default_shape_guidance
     assert not (guided.frames == shipped.generate(None, prompt, steps=10, seed=1, shape_guidance=0).frames).all()
+
+
+def test_the_shipped_model_moves_objects_the_way_their_prompts_say(shipped):
+    """Track guidance is on by default for prompt-led generations, and the object's centroid track
+    (read as the suite reads it) follows the direction word closely."""
+    from vcomp.evaluation.world_checks import analyse_object, direction_cosine, direction_of_motion
+
+    assert shipped.default_track_guidance > 0
+    for prompt, direction in [("a yellow star moving right on a purple background", "right"),
+                              ("a white circle moving up on a red background", "up"),
+                              ("a green square moving down-left on a blue background", "down-left")]:
+        result = shipped.generate(None, prompt, steps=20, seed=1)
+        assert result.info["track_guidance"] == shipped.default_track_guidance
+        track = analyse_object(result.frames)["track"]
+        assert direction_of_motion(track) == direction and direction_cosine(track, direction) > 0.98, prompt
