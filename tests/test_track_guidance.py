@@ -21,6 +21,17 @@ def rgb(values) -> tuple[float, float, float]:
     return tuple(v / 127.5 - 1 for v in values)
 
 
+def test_the_motions_are_the_worlds():
+    from vcomp.engine import track_guidance
+    from vcomp.train import synthetic
+
+    assert track_guidance.DIRECTION_VECTORS == synthetic.DIRECTIONS
+    assert track_guidance.REFERENCE == synthetic.REFERENCE_SIZE
+    assert track_guidance.SPEED_RANGE == synthetic.SPEED_RANGE
+    assert track_guidance.ORBIT_RADIUS_RANGE == synthetic.ORBIT_RADIUS_RANGE
+    assert track_guidance.ORBIT_STEP_RANGE == synthetic.ORBIT_STEP_RANGE
+
+
 def test_prompts_name_each_objects_motion():
     def read(prompt):
         return [(t.object.colour, t.direction) for t in track_targets(prompt, SHAPES, PALETTE)]

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from vcomp.engine.shape_guidance import ShapeTarget, object_masks, shape_targets, soft_centroids
+from vcomp.model.shape_critic import MIN_AREA  # frames where the object covers less are not on its track
 
-#: direction word -> unit vector (x right, y down); "still" is (0, 0); "in a circle" is None
+#: direction word -> unit vector (x right, y down); "still" is (0, 0); "in a circle" is None. This and
+#: the ranges below are the procedural world's (vcomp.train.synthetic, which sampling must not import;
+#: tests/test_track_guidance.py checks they agree)
 DIRECTION_VECTORS: dict[str, tuple[float, float] | None] = {
     "left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0),
     "up-left": (-math.sqrt(0.5), -math.sqrt(0.5)), "up-right": (math.sqrt(0.5), -math.sqrt(0.5)),
@@ -33,7 +36,6 @@ REFERENCE = 64.0  #: px: the frame width the speeds below are for (scaled with t
 SPEED_RANGE = (1.0, 3.0)  #: px/frame of a straight track
 ORBIT_RADIUS_RANGE = (5.0, 9.0)  #: px: the radius of a circling track
 ORBIT_STEP_RANGE = (0.30, 0.50)  #: radians per frame of a circling track
-MIN_AREA = 12.0  #: px: frames where the object covers less are not on its track
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,8 @@ def wanted_track(track: torch.Tensor, direction: tuple[float, float] | None, wid
 
 def _circle_centre(points: torch.Tensor) -> torch.Tensor | None:
     """The centre of the least-squares circle through points [N, 2] (x^2 + y^2 + D x + E y + F = 0;
-    the mean of part of a turn is not its centre); None when they are too few or collinear."""
+    the mean of part of a turn is not its centre); None when they are too few, far off when they
+    are nearly collinear (callers check the radius)."""
     if len(points) < 3:
         return None
     design = torch.cat([points, torch.ones_like(points[:, :1])], 1)

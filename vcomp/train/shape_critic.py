@@ -21,7 +21,7 @@ from vcomp.model.shape_critic import MIN_AREA, ShapeCritic, critic_logits, crop_
 from vcomp.train.synthetic import PALETTE, SHAPES
 
 DEFAULT_SHAPE_GUIDANCE = 1.0  #: the best measured of 1, 1.5, 2 and 4 on the text task (docs/embedded-model.md)
-DEFAULT_TRACK_GUIDANCE = 1.0  #: measured on the text task over t 500-900 (docs/embedded-model.md)
+DEFAULT_TRACK_GUIDANCE = 1.0  #: the best measured of 0.5, 1 and 2 on the text task (docs/embedded-model.md)
 
 __all__ = ["ShapeCritic", "critic_accuracy", "critic_logits", "crop_boxes", "object_crops", "train_shape_critic"]
 
