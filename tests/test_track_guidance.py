@@ -184,3 +184,23 @@ def test_track_steps_come_before_shape_steps_and_share_the_spacing():
     assert acted(range(999, 0, -50), shape=0.0) == list(range(999, 649, -50))
     assert acted(range(999, 0, -50)) == list(range(999, 299, -50))
     assert acted(range(999, 0, -20)) == [999, 939, 879, 819, 759, 699, 639, 579, 519, 459, 399, 339]
+
+
+def test_a_second_patch_of_the_colour_costs_and_the_step_fades_it():
+    """A jump of the largest blob to a second patch of the object's colour reads as "in a circle":
+    the error counts that patch (beyond OBJECT_RADIUS of where the object should be), and a step
+    down its gradient fades the patch (the error itself is not smooth: its target is re-fitted)."""
+    from vcomp.engine.shape_guidance import object_masks
+
+    red = ShapeTarget(rgb(RED), rgb(BLUE), 0)
+    right = TrackTarget(red, (1.0, 0.0))
+    clean = scene(t=8, size=64)
+    patched = clean.clone()
+    patched[4:, :, 50:58, 50:58] = torch.tensor(rgb(RED)).view(3, 1, 1)
+    patched = torch.nn.functional.avg_pool2d(patched, 3, 1, 1, count_include_pad=False)
+    assert float(track_error(patched, right)) > float(track_error(clean, right)) + 20
+    x = patched.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(track_error(x, right), x)
+    stepped = patched - 0.1 * grad / grad.pow(2).mean().sqrt()
+    patch_mass = lambda f: float(object_masks(f, red)[4:, 48:60, 48:60].sum())  # noqa: E731
+    assert patch_mass(stepped) < 0.8 * patch_mass(patched)

@@ -76,16 +76,22 @@ def object_masks(frames: torch.Tensor, target: ShapeTarget) -> torch.Tensor:
     return mask.float()
 
 
-def soft_centroids(frames: torch.Tensor, target: ShapeTarget, softness: float = 0.1) -> torch.Tensor:
-    """[T, 2] (x, y) centroid per frame of the target's pixels in frames [T, 3, H, W], with a soft
-    colour mask (sigmoid of the distance margins over `softness`) so that it is differentiable."""
-    from vcomp.model.shape_critic import crop_boxes
-
+def soft_masks(frames: torch.Tensor, target: ShapeTarget, softness: float = 0.1) -> torch.Tensor:
+    """[T, H, W] in (0, 1): `object_masks` made differentiable (sigmoids of the distance margins
+    over `softness`)."""
     near, far = _distances(frames, target)
     weight = torch.sigmoid((MAX_COLOUR_DISTANCE - near) / softness)
     if far is not None:
         weight = weight * torch.sigmoid((far - near) / softness)
-    return crop_boxes(weight)[0]
+    return weight
+
+
+def soft_centroids(frames: torch.Tensor, target: ShapeTarget, softness: float = 0.1) -> torch.Tensor:
+    """[T, 2] (x, y) centroid per frame of the target's pixels in frames [T, 3, H, W], over its
+    `soft_masks` so that it is differentiable."""
+    from vcomp.model.shape_critic import crop_boxes
+
+    return crop_boxes(soft_masks(frames, target, softness))[0]
 
 
 def without_moves(grad: torch.Tensor, moves: list[torch.Tensor]) -> torch.Tensor:

@@ -4,10 +4,11 @@
 Why: the embedded model moves an object roughly the named way (the straight fit's velocity is
 within ~20 degrees of it for most prompts) but often with a bend, a jump or a wobble, which reads
 as "in a circle", or one of the eight directions off. The track is a differentiable function of
-the decoded clean-latent prediction (`soft_centroids`), so at the noisiest steps (t >= 650, where
+the decoded clean-latent prediction (soft colour masks), so at the noisiest steps (t >= 650, where
 the model lays out where the object goes, mostly before shape guidance's steps) x0 is decoded, its track
 compared with the nearest track that moves the named way (same place, the object's own speed
-within the world's range) and x0 moved down the gradient of the squared distance between the two.
+within the world's range) and x0 moved down the gradient of the squared distance between the two,
+plus a cost on the object's colour far from where it should be (`track_error`).
 Runs inside `shape_guided`, which rewrites the prediction and spaces the guided steps for both.
 """
 
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vcomp.engine.shape_guidance import ShapeTarget, object_masks, shape_targets, soft_centroids
-from vcomp.model.shape_critic import MIN_AREA  # frames where the object covers less are not on its track
+from vcomp.engine.shape_guidance import ShapeTarget, object_masks, shape_targets, soft_masks
+from vcomp.model.shape_critic import MIN_AREA, crop_boxes  # MIN_AREA: smaller in a frame = not on its track
 
 #: direction word -> unit vector (x right, y down); "still" is (0, 0); "in a circle" is None. This and
 #: the ranges below are the procedural world's (vcomp.train.synthetic, which sampling must not import;
@@ -36,6 +37,8 @@ REFERENCE = 64.0  #: px: the frame width the speeds below are for (scaled with t
 SPEED_RANGE = (1.0, 3.0)  #: px/frame of a straight track
 ORBIT_RADIUS_RANGE = (5.0, 9.0)  #: px: the radius of a circling track
 ORBIT_STEP_RANGE = (0.30, 0.50)  #: radians per frame of a circling track
+WINDOW = 10.0  #: px: the Gaussian window (sigma) the track is read in, around where it should be
+OBJECT_RADIUS = 12.0  #: px: the largest object's circumradius: its colour further from where it should be is stray
 
 
 @dataclass(frozen=True)
@@ -109,13 +112,32 @@ def _circle_centre(points: torch.Tensor) -> torch.Tensor | None:
     return centre if bool(torch.isfinite(centre).all()) else None
 
 
+def _distance_maps(centres: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[T, H, W]: each pixel's distance (px) from its frame's point in `centres` [T, 2] (x, y)."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=centres.dtype, device=centres.device),
+                            torch.arange(w, dtype=centres.dtype, device=centres.device), indexing="ij")
+    return ((xs - centres[:, 0, None, None]) ** 2 + (ys - centres[:, 1, None, None]) ** 2 + 1e-6).sqrt()
+
+
 def track_error(frames: torch.Tensor, target: TrackTarget) -> torch.Tensor:
-    """Mean squared distance (px^2) between the target object's soft-centroid track in frames
-    [T, 3, H, W] and `wanted_track`; differentiable in `frames`. 0 when it shows in too few frames."""
+    """How far (px^2) the target object in frames [T, 3, H, W] is from moving as named;
+    differentiable in `frames`, 0 when it shows in too few frames. Two terms: the mean squared
+    distance between its track and `wanted_track`, the track read in a window (Gaussian, WINDOW px)
+    around the wanted place found from the whole frame's soft centroids, so a second patch of its
+    colour elsewhere does not drag the track; plus its colour's mass-weighted mean squared distance
+    beyond OBJECT_RADIUS of the wanted place (that second patch, or a jump, costs)."""
     with torch.no_grad():
         shown = object_masks(frames, target.object).sum((1, 2)) >= MIN_AREA
     if int(shown.sum()) < max(3, len(frames) // 2):
         return frames.new_zeros(())
-    track = soft_centroids(frames, target.object)
-    want = wanted_track(torch.where(shown[:, None], track.detach(), float("nan")), target.direction, frames.shape[-1])
-    return (track - want.to(track))[shown].pow(2).sum(1).mean()
+    mask = soft_masks(frames, target.object)
+    _, h, w = mask.shape
+    scale = w / REFERENCE
+    coarse = crop_boxes(mask)[0]
+    want = wanted_track(torch.where(shown[:, None], coarse.detach(), float("nan")), target.direction, w)
+    window = mask * torch.exp(-_distance_maps(want.to(mask), h, w).pow(2) / (2 * (WINDOW * scale) ** 2))
+    track = crop_boxes(window)[0]
+    want = wanted_track(torch.where(shown[:, None], track.detach(), float("nan")), target.direction, w).to(mask)
+    beyond = (_distance_maps(want, h, w) - OBJECT_RADIUS * scale).clamp(min=0).pow(2)
+    stray = (mask * beyond).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1e-6)
+    return (track - want)[shown].pow(2).sum(1).mean() + stray[shown].mean()
