@@ -126,6 +126,11 @@ def shape_log_prob(critic, frames: torch.Tensor, targets: list[ShapeTarget]) -> 
     return total
 
 
+def _unit_rms(grad: torch.Tensor) -> torch.Tensor:
+    """`grad` scaled to unit root-mean-square, so a guidance strength is a step size in x0's units."""
+    return grad / grad.pow(2).mean().sqrt().clamp(min=1e-12)
+
+
 def shape_guided(eps_fn: EpsFn, decode: Callable[[torch.Tensor], torch.Tensor], critic, targets: list[ShapeTarget],
                  alphas_cumprod: torch.Tensor, scale: float, output: str = "eps",
                  t_range: tuple[int, int] = T_RANGE, keep_places: bool = True, spacing: int = SPACING,
@@ -175,8 +180,7 @@ def shape_guided(eps_fn: EpsFn, decode: Callable[[torch.Tensor], torch.Tensor], 
                 error = sum(track_guidance.track_error(f, tg) for f in frames for tg in tracks)
                 if error.requires_grad:
                     (grad,) = torch.autograd.grad(error, z, retain_graph=shape_now)
-                    grad = grad / grad.pow(2).mean().sqrt().clamp(min=1e-12)
-                    moved = moved - track_scale * gap * grad.to(x0.dtype)
+                    moved = moved - track_scale * gap * _unit_rms(grad).to(x0.dtype)
             log_prob = sum(shape_log_prob(critic, f, targets) for f in frames) if shape_now else None
             if log_prob is not None and log_prob.requires_grad:  # some object found
                 (grad,) = torch.autograd.grad(log_prob, z, retain_graph=keep_places)
@@ -186,8 +190,7 @@ def shape_guided(eps_fn: EpsFn, decode: Callable[[torch.Tensor], torch.Tensor], 
                     moves = [torch.autograd.grad(c, z, retain_graph=i + 1 < len(coords))[0]
                              for i, c in enumerate(coords)]
                     grad = without_moves(grad, moves)
-                grad = grad / grad.pow(2).mean().sqrt().clamp(min=1e-12)
-                moved = moved + scale * gap * grad.to(x0.dtype)
+                moved = moved + scale * gap * _unit_rms(grad).to(x0.dtype)
         if moved is x0:
             return pred
         return (sa * x - moved) / s1 if output == "v" else (x - sa * moved) / s1

@@ -133,11 +133,14 @@ def track_error(frames: torch.Tensor, target: TrackTarget) -> torch.Tensor:
     mask = soft_masks(frames, target.object)
     _, h, w = mask.shape
     scale = w / REFERENCE
-    coarse = crop_boxes(mask)[0]
-    want = wanted_track(torch.where(shown[:, None], coarse.detach(), float("nan")), target.direction, w)
-    window = mask * torch.exp(-_distance_maps(want.to(mask), h, w).pow(2) / (2 * (WINDOW * scale) ** 2))
+
+    def wanted(centres: torch.Tensor) -> torch.Tensor:  # from the frames where the object shows
+        return wanted_track(torch.where(shown[:, None], centres.detach(), float("nan")), target.direction, w).to(mask)
+
+    want = wanted(crop_boxes(mask)[0])
+    window = mask * torch.exp(-_distance_maps(want, h, w).pow(2) / (2 * (WINDOW * scale) ** 2))
     track = crop_boxes(window)[0]
-    want = wanted_track(torch.where(shown[:, None], track.detach(), float("nan")), target.direction, w).to(mask)
+    want = wanted(track)
     beyond = (_distance_maps(want, h, w) - OBJECT_RADIUS * scale).clamp(min=0).pow(2)
     stray = (mask * beyond).sum((1, 2)) / mask.sum((1, 2)).clamp(min=1e-6)
     return (track - want)[shown].pow(2).sum(1).mean() + stray[shown].mean()
