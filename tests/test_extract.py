@@ -225,9 +225,12 @@ def test_sigterm_leaves_no_partial_output(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "vcomp", "extract", str(clip), "-o", str(out), "-q"],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 30
-    while time.time() < deadline and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]:
-        time.sleep(0.02)  # wait until extraction has started writing its temp folder
+    deadline = time.time() + 60
+    # wait until the first chunk's previews are being written: past the lazy imports of the extractors
+    # (a signal during `import torch` can make CPython exit by SIGINT whatever the handler does)
+    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob(".out.*/previews/*")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "extraction ended before the signal"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
