@@ -163,6 +163,12 @@ def test_a_model_carries_its_shape_critic_and_generation_uses_it(critic_model, t
     plain, guided = run("a red star", shape_guidance=0), run("a red star")
     assert plain.info["shape_guidance"] == 0.0 and guided.info["shape_guidance"] == 1.0
     assert not np.array_equal(plain.frames, guided.frames)
+    assert pipe.shape_outline == 0.0 and guided.info["shape_outline"] == 0.0  # the model's record has none
+    pipe.shape_outline = 1.0  # as a record with sampling.shape_outline 1 loads
+    outlined = run("a red star")
+    assert outlined.info["shape_outline"] == 1.0 and not np.array_equal(outlined.frames, guided.frames)
+    assert run("a red star", shape_guidance=0).info["shape_outline"] == 0.0
+    pipe.shape_outline = 0.0
     from vcomp.conditions.condition_set import ConditionSet
 
     depth = ConditionSet(depth=np.ones((4, 1, 32, 32), np.float32))  # a condition that sets the layout
@@ -191,26 +197,28 @@ def test_cli_adds_a_critic_reports_it_and_passes_the_strength_on(critic_model, t
 
     out = tmp_path / "with_critic"
     assert main(["train-shape-critic", "--init", str(critic_model), "--out", str(out), "--steps", "3", "--clips", "4",
-                 "--shape-guidance", "0.5", "--track-guidance", "0.25", "--json", "-q"]) == 0
+                 "--shape-guidance", "0.5", "--track-guidance", "0.25", "--shape-outline", "0.5", "--json", "-q"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["export"] == str(out) and summary["shape_guidance"] == 0.5 and summary["steps"] == 3
-    assert summary["track_guidance"] == 0.25
+    assert summary["track_guidance"] == 0.25 and summary["shape_outline"] == 0.5
     assert 0 <= summary["decoded_accuracy"] <= 1
     emb = load_embedded(out)
-    assert emb.record["sampling"] == {"guidance": 3.0, "shape_guidance": 0.5, "track_guidance": 0.25}
+    assert emb.record["sampling"] == {"guidance": 3.0, "shape_guidance": 0.5, "track_guidance": 0.25,
+                                      "shape_outline": 0.5}
     assert emb.record["training"]["shape_critic"]["clips"] == 4
     before = load_embedded(critic_model).autoencoder.shape_critic.state_dict()
     assert any(not torch.equal(before[k], v) for k, v in emb.autoencoder.shape_critic.state_dict().items())
     assert main(["models", "--weights", str(out), "--json"]) == 0
     embedded = next(f for f in json.loads(capsys.readouterr().out)["files"] if f["key"] == "embedded")
     assert embedded["shape_critic"]["shape_guidance"] == 0.5 and embedded["shape_critic"]["shapes"] == list(SHAPES)
-    assert embedded["shape_critic"]["track_guidance"] == 0.25
+    assert embedded["shape_critic"]["track_guidance"] == 0.25 and embedded["shape_critic"]["shape_outline"] == 0.5
     video = tmp_path / "v.mp4"
     assert main(["t2v", "a red star moving left", "-o", str(video), "--weights", str(out), "--steps", "3",
                  "--frames", "4", "--size", "32x32", "--json", "-q"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["options"]["shape_guidance"] == 0.5 and record["generation"]["shape_guidance"] == 0.5
     assert record["options"]["track_guidance"] == 0.25 and record["generation"]["track_guidance"] == 0.25
+    assert record["generation"]["shape_outline"] == 0.5
     assert main(["t2v", "a red star", "-o", str(tmp_path / "w.mp4"), "--weights", str(out), "--shape-guidance", "-1",
                  "-q"]) == 2
     assert "--shape-guidance" in capsys.readouterr().err and not (tmp_path / "w.mp4").exists()
@@ -221,9 +229,13 @@ def test_cli_adds_a_critic_reports_it_and_passes_the_strength_on(critic_model, t
                  "--clips", "2", "-q"]) == 0  # the one-line summary
     assert load_embedded(tmp_path / "plain").record["sampling"]["shape_guidance"] == 1.0  # the --init model's
     assert load_embedded(tmp_path / "plain").record["sampling"]["track_guidance"] == 1.0  # the default
+    assert load_embedded(tmp_path / "plain").record["sampling"]["shape_outline"] == 1.0  # the default
     assert main(["train-shape-critic", "--init", str(critic_model), "--out", str(tmp_path / "bad"), "--clips", "0",
                  "-q"]) == 2
     assert "--clips" in capsys.readouterr().err
+    assert main(["train-shape-critic", "--init", str(critic_model), "--out", str(tmp_path / "bad"), "--shape-outline",
+                 "-1", "-q"]) == 2
+    assert "--shape-outline" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_guidance_acts_once_per_spacing_whatever_the_number_of_steps():

@@ -99,19 +99,20 @@ def _parse_guide(guide) -> list[str]:
     return [n for n in GUIDABLE if n in names]
 
 
-def _sampling_defaults(sampling: dict, source) -> tuple[float, dict[str, float], float, float]:
-    """(default guidance, per-guide defaults, default shape and track guidance) from an embedded.json
-    "sampling" block; a malformed block is a corrupt model, reported as such rather than as a
-    traceback."""
+def _sampling_defaults(sampling: dict, source) -> tuple[float, dict[str, float], float, float, float]:
+    """(default guidance, per-guide defaults, default shape and track guidance, the shape step's
+    outline weight) from an embedded.json "sampling" block; a malformed block is a corrupt model,
+    reported as such rather than as a traceback."""
     try:
         guidance = float(sampling.get("guidance", EMBEDDED_GUIDANCE))
         by_guide = {str(k): float(v) for k, v in (sampling.get("guidance_by_guide") or {}).items()}
         shape_guidance = float(sampling.get("shape_guidance", 0.0))
         track_guidance = float(sampling.get("track_guidance", 0.0))
+        shape_outline = float(sampling.get("shape_outline", 0.0))
     except (TypeError, ValueError, AttributeError) as exc:
         raise WeightsError(f"embedded.json beside {source}: its 'sampling' block is malformed ({exc}); "
                            "restore the file or remove the block") from None
-    return guidance, by_guide, shape_guidance, track_guidance
+    return guidance, by_guide, shape_guidance, track_guidance, shape_outline
 
 
 class Pipeline:
@@ -121,7 +122,7 @@ class Pipeline:
                  autocast_dtype: torch.dtype | None = None, weights: dict | None = None,
                  size: tuple[int, int] = (64, 64), num_frames: int = 16, notes: Sequence[str] = (),
                  guidance: float = PUBLISHED_GUIDANCE, guidance_by_guide: dict[str, float] | None = None,
-                 shape_guidance: float = 0.0, track_guidance: float = 0.0):
+                 shape_guidance: float = 0.0, track_guidance: float = 0.0, shape_outline: float = 0.0):
         self.unet = unet.eval()
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder.eval() if hasattr(text_encoder, "eval") else text_encoder
@@ -143,6 +144,7 @@ class Pipeline:
         # the strengths of shape and track guidance when generate() is given None (only with a shape critic)
         self.default_shape_guidance = float(shape_guidance)
         self.default_track_guidance = float(track_guidance)
+        self.shape_outline = float(shape_outline)  # the outline term's weight in the shape step (engine.shape_guidance)
         self.notes = list(notes)
         with torch.inference_mode(), self._autocast():
             null, _ = self.encode_text([""])
@@ -212,14 +214,14 @@ class Pipeline:
             load_embedded(assets)  # raises the WeightsError that says what is missing
             raise AssertionError("unreachable")
         size = emb.unet.cfg.default_size
-        guidance, by_guide, shape_guidance, track_guidance = _sampling_defaults(emb.record.get("sampling") or {},
-                                                                                emb.source)
+        guidance, by_guide, shape_guidance, track_guidance, shape_outline = _sampling_defaults(
+            emb.record.get("sampling") or {}, emb.source)
         return cls(emb.unet.to(device), emb.autoencoder, emb.text_encoder.to(device),
                    TinyAdapter(style_dim=emb.unet.cfg.style_dim), preset="tiny", device=device,
                    autocast_dtype=autocast_dtype, weights={"embedded": emb.source}, size=(size, size),
                    num_frames=16, notes=notes,
                    guidance=guidance, guidance_by_guide=by_guide, shape_guidance=shape_guidance,
-                   track_guidance=track_guidance)
+                   track_guidance=track_guidance, shape_outline=shape_outline)
 
     # ------------------------------------------------------------------ helpers
 
@@ -317,6 +319,7 @@ class Pipeline:
                                                                    if self.guidance_by_guide else {})},
                 "shape_guidance": self.default_shape_guidance if self.shape_critic is not None else None,
                 "track_guidance": self.default_track_guidance if self.shape_critic is not None else None,
+                "shape_outline": self.shape_outline if self.shape_critic is not None else None,
                 "unet": {"name": cfg.name, "in_dim": cfg.in_dim, "context_dim": cfg.context_dim,
                          "style_dim": cfg.style_dim}, "weights": self.weights}
 
@@ -424,7 +427,7 @@ class Pipeline:
 
                 eps_fn = shape_guided(eps_fn, lambda z: ae.decode(z, refine=False), self.shape_critic, targets,
                                       scheduler.alphas_cumprod, shape_scale, output=output, tracks=tracks,
-                                      track_scale=track_scale)
+                                      track_scale=track_scale, outline=self.shape_outline)
             noise = get_noise((1, ae.latent_channels, frames, h, w), seed, dev,
                               shared=getattr(unet.cfg, "noise_shared", 0.0))
             known = hole = source = None
@@ -456,6 +459,7 @@ class Pipeline:
             "dtype": str(self.autocast_dtype or torch.float32).replace("torch.", ""),
             "seed": int(seed), "steps": int(steps), "guidance": float(guidance), "guide": guided, "eta": float(eta),
             "shape_guidance": shape_scale if targets else 0.0, "track_guidance": track_scale if tracks else 0.0,
+            "shape_outline": self.shape_outline if targets else 0.0,
             "num_frames": frames, "size": [width, height], "prompt": prompt, "negative_prompt": negative_prompt,
             "conditions": conditions.present(), "model_conditions": sorted(inputs.conditions),
             "keep_known": keep_known if inputs.known is not None else None,

@@ -66,7 +66,8 @@ def models(
         c = embedded["shape_critic"]
         out.print(f"shape critic: classifies {', '.join(c['shapes'])}; shape guidance (--shape-guidance) "
                   f"{c['shape_guidance']:g} and track guidance (--track-guidance) {c.get('track_guidance', 0):g} "
-                  "by default when the prompt alone sets the layout")
+                  "by default when the prompt alone sets the layout"
+                  + (f"; shape guidance's outline term weighs {c['shape_outline']:g}" if c.get("shape_outline") else ""))
     if gen["preset"] == "tiny" and embedded.get("noise_schedule"):
         start = embedded.get("sampling_start")
         when = (f" ({start['steps']} DDIM steps start at t = {start['timestep']}, {start['spacing']} spacing)"

@@ -22,6 +22,7 @@ from vcomp.train.synthetic import PALETTE, SHAPES
 
 DEFAULT_SHAPE_GUIDANCE = 1.0  #: the best measured of 1, 1.5, 2 and 4 on the text task (docs/embedded-model.md)
 DEFAULT_TRACK_GUIDANCE = 1.0  #: the best measured of 0.5, 1 and 2 on the text task (docs/embedded-model.md)
+DEFAULT_SHAPE_OUTLINE = 1.0  #: the outline term's weight in the shape step (measured against 0 and 2, docs/embedded-model.md)
 
 __all__ = ["ShapeCritic", "critic_accuracy", "critic_logits", "crop_boxes", "object_crops", "train_shape_critic"]
 
@@ -116,11 +117,13 @@ def critic_accuracy(critic: ShapeCritic, autoencoder, seed: int = 0, clips: int 
 
 
 def add_shape_critic(init: str | None, out: str, steps: int = 1500, seed: int = 0, clips: int = 1536,
-                     shape_guidance: float | None = None, on_step=None, track_guidance: float | None = None) -> dict:
+                     shape_guidance: float | None = None, on_step=None, track_guidance: float | None = None,
+                     shape_outline: float | None = None) -> dict:
     """`vcomp train-shape-critic`: train a critic on the decoder of the embedded model in `init`
     (None: the shipped one) on `clips` world clips and write that model with it into `out`, its sampling block's
     `shape_guidance` set to `shape_guidance` (None: the model's, else DEFAULT_SHAPE_GUIDANCE) and its
-    `track_guidance` likewise (DEFAULT_TRACK_GUIDANCE). Returns a summary."""
+    `track_guidance` and `shape_outline` likewise (DEFAULT_TRACK_GUIDANCE, DEFAULT_SHAPE_OUTLINE).
+    Returns a summary."""
     from pathlib import Path
 
     from vcomp.errors import InputError
@@ -129,7 +132,8 @@ def add_shape_critic(init: str | None, out: str, steps: int = 1500, seed: int = 
     for name, value in (("steps", steps), ("clips", clips)):
         if value < 1:
             raise InputError(f"--{name} must be at least 1, got {value}")
-    for flag, value in (("--shape-guidance", shape_guidance), ("--track-guidance", track_guidance)):
+    for flag, value in (("--shape-guidance", shape_guidance), ("--track-guidance", track_guidance),
+                        ("--shape-outline", shape_outline)):
         if value is not None and value < 0:
             raise InputError(f"{flag} must be 0 or more, got {value}")
     emb = load_embedded(Path(init).expanduser() if init else None)
@@ -140,12 +144,15 @@ def add_shape_critic(init: str | None, out: str, steps: int = 1500, seed: int = 
                                        else sampling.get("shape_guidance", DEFAULT_SHAPE_GUIDANCE))
     sampling["track_guidance"] = float(track_guidance if track_guidance is not None
                                        else sampling.get("track_guidance", DEFAULT_TRACK_GUIDANCE))
+    sampling["shape_outline"] = float(shape_outline if shape_outline is not None
+                                      else sampling.get("shape_outline", DEFAULT_SHAPE_OUTLINE))
     critic, record = train_shape_critic(emb.autoencoder, seed=seed, steps=steps, clips=clips, on_step=on_step)
     emb.autoencoder.shape_critic = critic
     training = {**emb.record.get("training", {}),
                 "shape_critic": {**record, "init": init, "shape_guidance": sampling["shape_guidance"],
-                                 "track_guidance": sampling["track_guidance"]}}
+                                 "track_guidance": sampling["track_guidance"],
+                                 "shape_outline": sampling["shape_outline"]}}
     paths = save_embedded(Path(out).expanduser(), emb.unet, emb.text_encoder, training, emb.autoencoder,
                           emb.record.get("style"), sampling)
     return {"export": str(paths[0].parent), "shape_guidance": sampling["shape_guidance"],
-            "track_guidance": sampling["track_guidance"], **record}
+            "track_guidance": sampling["track_guidance"], "shape_outline": sampling["shape_outline"], **record}

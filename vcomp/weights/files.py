@@ -202,7 +202,8 @@ def _shape_critic_settings(record: dict, sampling: dict) -> dict | None:
         return None
     return {"shapes": list(critic.get("shapes") or []), "width": critic.get("width"),
             "shape_guidance": float(sampling.get("shape_guidance", 0.0)),
-            "track_guidance": float(sampling.get("track_guidance", 0.0))}
+            "track_guidance": float(sampling.get("track_guidance", 0.0)),
+            "shape_outline": float(sampling.get("shape_outline", 0.0))}
 
 
 def _embedded_settings(config_path: Path) -> dict:

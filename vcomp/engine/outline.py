@@ -1,0 +1,92 @@
+"""Outline templates of the procedural world's shapes, rasterised softly and differentiably in
+torch: the shape an object of a given colour should have, at its own place and size."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SHAPES = ("circle", "square", "triangle", "star")  #: the shapes with an outline here (the world's)
+ANGLES = tuple(range(-20, 21, 5))  #: object rotations tried (the world turns objects by -20..20 degrees)
+STAR_INNER = 0.45  #: a star's inner / outer radius (vcomp.train.synthetic.STAR_INNER)
+EDGE = 0.5  #: px: softness of a template's edge
+
+
+def unit_vertices(shape: str, angle: float) -> torch.Tensor | None:
+    """[K, 2] vertices (x, y) of `shape` at circumradius 1 turned `angle` degrees; None for a circle."""
+    if shape == "square":
+        ang, rad = [angle + 45 + 90 * k for k in range(4)], [1.0] * 4
+    elif shape == "triangle":
+        ang, rad = [angle - 90 + 120 * k for k in range(3)], [1.0] * 3
+    elif shape == "star":
+        ang, rad = [angle - 90 + 36 * k for k in range(10)], [1.0 if k % 2 == 0 else STAR_INNER for k in range(10)]
+    elif shape == "circle":
+        return None
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    a = torch.tensor(ang, dtype=torch.float32).deg2rad()
+    r = torch.tensor(rad, dtype=torch.float32)
+    return torch.stack([r * a.cos(), r * a.sin()], 1)
+
+
+def unit_area(shape: str) -> float:
+    """Area of `shape` at circumradius 1."""
+    v = unit_vertices(shape, 0.0)
+    if v is None:
+        return math.pi
+    x, y = v[:, 0], v[:, 1]
+    return float(0.5 * (x * y.roll(-1) - x.roll(-1) * y).sum().abs())
+
+
+def signed_distance(shape: str, angle: float, radius: torch.Tensor, centres: torch.Tensor,
+                    height: int, width: int) -> torch.Tensor:
+    """[T, H, W] signed distance (px, negative inside) to `shape` of circumradius `radius` (px)
+    centred at `centres` [T, 2] (x, y px; pixel centres at integers)."""
+    ys = torch.arange(height, dtype=torch.float32, device=centres.device)
+    xs = torch.arange(width, dtype=torch.float32, device=centres.device)
+    qx = xs.view(1, 1, -1) - centres[:, 0].view(-1, 1, 1)
+    qy = ys.view(1, -1, 1) - centres[:, 1].view(-1, 1, 1)
+    v = unit_vertices(shape, angle)
+    if v is None:
+        return (qx.pow(2) + qy.pow(2)).sqrt() - radius
+    v = v.to(centres.device) * radius
+    ax, ay = v[:, 0].view(-1, 1, 1, 1), v[:, 1].view(-1, 1, 1, 1)
+    w = v.roll(-1, 0)
+    bx, by = w[:, 0].view(-1, 1, 1, 1), w[:, 1].view(-1, 1, 1, 1)
+    ex, ey = bx - ax, by - ay
+    px, py = qx.unsqueeze(0) - ax, qy.unsqueeze(0) - ay  # [K, T, H, W]
+    s = ((px * ex + py * ey) / (ex * ex + ey * ey)).clamp(0, 1)
+    dist = ((px - s * ex).pow(2) + (py - s * ey).pow(2)).sqrt().amin(0)
+    crosses = ((ay > qy) != (by > qy)) & (qx < ex * (qy - ay) / torch.where(ey == 0, torch.ones_like(ey), ey) + ax)
+    inside = crosses.sum(0) % 2 == 1
+    return torch.where(inside, -dist, dist)
+
+
+def template(shape: str, angle: float, radius: torch.Tensor, centres: torch.Tensor, height: int, width: int,
+             edge: float = EDGE) -> torch.Tensor:
+    """[T, H, W] in (0, 1): the soft outline of `shape`."""
+    return torch.sigmoid(-signed_distance(shape, angle, radius, centres, height, width) / edge)
+
+
+def fitted_template(mask: torch.Tensor, shape: str, counted: torch.Tensor) -> torch.Tensor:
+    """The template of `shape` nearest the soft object mask [T, H, W] (detached): per frame at the
+    mask's centroid, one size for the clip (the median area of `counted` frames), one rotation
+    (of ANGLES, the one that agrees best with the mask)."""
+    m = mask.detach().float()
+    t, h, w = m.shape
+    area = m.sum((1, 2))
+    xs = torch.arange(w, dtype=m.dtype, device=m.device)
+    ys = torch.arange(h, dtype=m.dtype, device=m.device)
+    safe = area.clamp(min=1e-6)
+    centres = torch.stack([(m.sum(1) * xs).sum(1) / safe, (m.sum(2) * ys).sum(1) / safe], 1)
+    radius = (area[counted].median() / unit_area(shape)).sqrt()
+    if shape == "circle":
+        return template(shape, 0.0, radius, centres, h, w)
+    best = None
+    for angle in ANGLES:
+        tmpl = template(shape, angle, radius, centres, h, w)
+        err = float(((tmpl - m)[counted]).pow(2).sum())
+        if best is None or err < best[0]:
+            best = (err, tmpl)
+    return best[1]
