@@ -1,5 +1,10 @@
 """Outline templates of the procedural world's shapes, rasterised softly and differentiably in
-torch: the shape an object of a given colour should have, at its own place and size."""
+torch: the shape an object of a given colour should have, at its own place, size and turn.
+
+Why: shape guidance's critic (vcomp.engine.shape_guidance) says which way the named shape lies but
+is pleased by outlines with notches or rounded corners; a template fitted to the object says
+exactly where its edges go. The polygons are the renderer's (vcomp.train.synthetic), written out
+here because sampling does not import training code (a test checks that they agree)."""
 
 from __future__ import annotations
 
@@ -73,13 +78,11 @@ def fitted_template(mask: torch.Tensor, shape: str, counted: torch.Tensor) -> to
     """The template of `shape` nearest the soft object mask [T, H, W] (detached): per frame at the
     mask's centroid, one size for the clip (the median area of `counted` frames), one rotation
     (of ANGLES, the one that agrees best with the mask)."""
+    from vcomp.model.shape_critic import crop_boxes
+
     m = mask.detach().float()
-    t, h, w = m.shape
-    area = m.sum((1, 2))
-    xs = torch.arange(w, dtype=m.dtype, device=m.device)
-    ys = torch.arange(h, dtype=m.dtype, device=m.device)
-    safe = area.clamp(min=1e-6)
-    centres = torch.stack([(m.sum(1) * xs).sum(1) / safe, (m.sum(2) * ys).sum(1) / safe], 1)
+    _, h, w = m.shape
+    centres, _, area = crop_boxes(m)
     radius = (area[counted].median() / unit_area(shape)).sqrt()
     if shape == "circle":
         return template(shape, 0.0, radius, centres, h, w)
