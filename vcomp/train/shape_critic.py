@@ -132,27 +132,23 @@ def add_shape_critic(init: str | None, out: str, steps: int = 1500, seed: int = 
     for name, value in (("steps", steps), ("clips", clips)):
         if value < 1:
             raise InputError(f"--{name} must be at least 1, got {value}")
-    for flag, value in (("--shape-guidance", shape_guidance), ("--track-guidance", track_guidance),
-                        ("--shape-outline", shape_outline)):
+    # the sampling settings this command writes: (asked for, default when neither asked nor in the model)
+    asked = {"shape_guidance": (shape_guidance, DEFAULT_SHAPE_GUIDANCE),
+             "track_guidance": (track_guidance, DEFAULT_TRACK_GUIDANCE),
+             "shape_outline": (shape_outline, DEFAULT_SHAPE_OUTLINE)}
+    for key, (value, _) in asked.items():
         if value is not None and value < 0:
-            raise InputError(f"{flag} must be 0 or more, got {value}")
+            raise InputError(f"--{key.replace('_', '-')} must be 0 or more, got {value}")
     emb = load_embedded(Path(init).expanduser() if init else None)
     if not hasattr(emb.autoencoder, "vae"):
         raise InputError(f"--init {init}: that model's latent is a pixel unshuffle; a shape critic needs its decoder")
     sampling = dict(emb.record.get("sampling") or {})
-    sampling["shape_guidance"] = float(shape_guidance if shape_guidance is not None
-                                       else sampling.get("shape_guidance", DEFAULT_SHAPE_GUIDANCE))
-    sampling["track_guidance"] = float(track_guidance if track_guidance is not None
-                                       else sampling.get("track_guidance", DEFAULT_TRACK_GUIDANCE))
-    sampling["shape_outline"] = float(shape_outline if shape_outline is not None
-                                      else sampling.get("shape_outline", DEFAULT_SHAPE_OUTLINE))
+    chosen = {key: float(value if value is not None else sampling.get(key, default))
+              for key, (value, default) in asked.items()}
+    sampling.update(chosen)
     critic, record = train_shape_critic(emb.autoencoder, seed=seed, steps=steps, clips=clips, on_step=on_step)
     emb.autoencoder.shape_critic = critic
-    training = {**emb.record.get("training", {}),
-                "shape_critic": {**record, "init": init, "shape_guidance": sampling["shape_guidance"],
-                                 "track_guidance": sampling["track_guidance"],
-                                 "shape_outline": sampling["shape_outline"]}}
+    training = {**emb.record.get("training", {}), "shape_critic": {**record, "init": init, **chosen}}
     paths = save_embedded(Path(out).expanduser(), emb.unet, emb.text_encoder, training, emb.autoencoder,
                           emb.record.get("style"), sampling)
-    return {"export": str(paths[0].parent), "shape_guidance": sampling["shape_guidance"],
-            "track_guidance": sampling["track_guidance"], "shape_outline": sampling["shape_outline"], **record}
+    return {"export": str(paths[0].parent), **chosen, **record}
