@@ -44,14 +44,19 @@ def unit_area(shape: str) -> float:
     return float(0.5 * (x * y.roll(-1) - x.roll(-1) * y).sum().abs())
 
 
+def pixel_offsets(centres: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x offsets [T, 1, W], y offsets [T, H, 1]) in px of each pixel from its frame's point in
+    `centres` [T, 2] (x, y; pixel centres at integers); they broadcast to [T, H, W]."""
+    ys = torch.arange(height, dtype=centres.dtype, device=centres.device)
+    xs = torch.arange(width, dtype=centres.dtype, device=centres.device)
+    return xs.view(1, 1, -1) - centres[:, 0].view(-1, 1, 1), ys.view(1, -1, 1) - centres[:, 1].view(-1, 1, 1)
+
+
 def signed_distance(shape: str, angle: float, radius: torch.Tensor, centres: torch.Tensor,
                     height: int, width: int) -> torch.Tensor:
     """[T, H, W] signed distance (px, negative inside) to `shape` of circumradius `radius` (px)
     centred at `centres` [T, 2] (x, y px; pixel centres at integers)."""
-    ys = torch.arange(height, dtype=torch.float32, device=centres.device)
-    xs = torch.arange(width, dtype=torch.float32, device=centres.device)
-    qx = xs.view(1, 1, -1) - centres[:, 0].view(-1, 1, 1)
-    qy = ys.view(1, -1, 1) - centres[:, 1].view(-1, 1, 1)
+    qx, qy = pixel_offsets(centres, height, width)
     v = unit_vertices(shape, angle)
     if v is None:
         return (qx.pow(2) + qy.pow(2)).sqrt() - radius

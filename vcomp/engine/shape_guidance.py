@@ -84,6 +84,14 @@ def object_masks(frames: torch.Tensor, target: ShapeTarget) -> torch.Tensor:
     return mask.float()
 
 
+def object_shows(frames: torch.Tensor, target: ShapeTarget) -> torch.Tensor:
+    """[T] bool: the frames of frames [T, 3, H, W] where the target's object covers at least
+    MIN_AREA pixels (the critic's rule for which frames it judges); not differentiable."""
+    from vcomp.model.shape_critic import MIN_AREA
+
+    return object_masks(frames.detach(), target).sum((1, 2)) >= MIN_AREA
+
+
 def soft_masks(frames: torch.Tensor, target: ShapeTarget, softness: float = 0.1) -> torch.Tensor:
     """[T, H, W] in (0, 1): `object_masks` made differentiable (sigmoids of the distance margins
     over `softness`)."""
@@ -140,13 +148,12 @@ def outline_error(frames: torch.Tensor, targets: list[ShapeTarget], shapes: tupl
     object shows (MIN_AREA pixels); objects that show in fewer than 3 frames, or whose shape has no
     outline here (a critic of other shapes), are left out."""
     from vcomp.engine.outline import SHAPES, fitted_template
-    from vcomp.model.shape_critic import MIN_AREA
 
     total = frames.new_zeros(())
     for target in targets:
         if shapes[target.shape] not in SHAPES:
             continue
-        shows = object_masks(frames.detach(), target).sum((1, 2)) >= MIN_AREA
+        shows = object_shows(frames, target)
         if int(shows.sum()) < 3:
             continue
         mask = soft_masks(frames, target)
@@ -226,8 +233,8 @@ def shape_guided(eps_fn: EpsFn, decode: Callable[[torch.Tensor], torch.Tensor], 
                 if error.requires_grad:
                     (grad,) = torch.autograd.grad(error, z, retain_graph=shape_now)
                     moved = moved - track_scale * gap * _unit_rms(grad).to(x0.dtype)
-            grad = _shape_gradient(critic, frames, targets, z, outline if outline_range[0] <= step <= outline_range[1]
-                                   else 0.0) if shape_now else None
+            outline_now = outline if outline_range[0] <= step <= outline_range[1] else 0.0
+            grad = _shape_gradient(critic, frames, targets, z, outline_now) if shape_now else None
             if grad is not None:  # some object found
                 if keep_places:  # reshape each object where it is: no step along its centroid's gradients
                     centres = torch.stack([torch.stack([soft_centroids(f, tg) for tg in targets]) for f in frames])

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vcomp.engine.shape_guidance import ShapeTarget, object_masks, shape_targets, soft_masks
-from vcomp.model.shape_critic import MIN_AREA, crop_boxes  # MIN_AREA: smaller in a frame = not on its track
+from vcomp.engine.outline import pixel_offsets
+from vcomp.engine.shape_guidance import ShapeTarget, object_shows, shape_targets, soft_masks
+from vcomp.model.shape_critic import crop_boxes
 
 #: direction word -> unit vector (x right, y down); "still" is (0, 0); "in a circle" is None. This and
 #: the ranges below are the procedural world's (vcomp.train.synthetic, which sampling must not import;
@@ -114,9 +115,8 @@ def _circle_centre(points: torch.Tensor) -> torch.Tensor | None:
 
 def _distance_maps(centres: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """[T, H, W]: each pixel's distance (px) from its frame's point in `centres` [T, 2] (x, y)."""
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=centres.dtype, device=centres.device),
-                            torch.arange(w, dtype=centres.dtype, device=centres.device), indexing="ij")
-    return ((xs - centres[:, 0, None, None]) ** 2 + (ys - centres[:, 1, None, None]) ** 2 + 1e-6).sqrt()
+    qx, qy = pixel_offsets(centres, h, w)
+    return (qx ** 2 + qy ** 2 + 1e-6).sqrt()
 
 
 def track_error(frames: torch.Tensor, target: TrackTarget) -> torch.Tensor:
@@ -126,8 +126,7 @@ def track_error(frames: torch.Tensor, target: TrackTarget) -> torch.Tensor:
     around the wanted place found from the whole frame's soft centroids, so a second patch of its
     colour elsewhere does not drag the track; plus its colour's mass-weighted mean squared distance
     beyond OBJECT_RADIUS of the wanted place (that second patch, or a jump, costs)."""
-    with torch.no_grad():
-        shown = object_masks(frames, target.object).sum((1, 2)) >= MIN_AREA
+    shown = object_shows(frames, target.object)  # the frames on its track
     if int(shown.sum()) < max(3, len(frames) // 2):
         return frames.new_zeros(())
     mask = soft_masks(frames, target.object)
