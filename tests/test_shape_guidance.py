@@ -197,14 +197,15 @@ def test_cli_adds_a_critic_reports_it_and_passes_the_strength_on(critic_model, t
 
     out = tmp_path / "with_critic"
     assert main(["train-shape-critic", "--init", str(critic_model), "--out", str(out), "--steps", "3", "--clips", "4",
-                 "--shape-guidance", "0.5", "--track-guidance", "0.25", "--shape-outline", "0.5", "--json", "-q"]) == 0
+                 "--shape-guidance", "0.5", "--track-guidance", "0.25", "--shape-outline", "0.5",
+                 "--motion-guidance", "0.75", "--json", "-q"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["export"] == str(out) and summary["shape_guidance"] == 0.5 and summary["steps"] == 3
-    assert summary["track_guidance"] == 0.25 and summary["shape_outline"] == 0.5
+    assert summary["track_guidance"] == 0.25 and summary["shape_outline"] == 0.5 and summary["motion_guidance"] == 0.75
     assert 0 <= summary["decoded_accuracy"] <= 1
     emb = load_embedded(out)
     assert emb.record["sampling"] == {"guidance": 3.0, "shape_guidance": 0.5, "track_guidance": 0.25,
-                                      "shape_outline": 0.5}
+                                      "shape_outline": 0.5, "motion_guidance": 0.75}
     assert emb.record["training"]["shape_critic"]["clips"] == 4
     before = load_embedded(critic_model).autoencoder.shape_critic.state_dict()
     assert any(not torch.equal(before[k], v) for k, v in emb.autoencoder.shape_critic.state_dict().items())
@@ -212,6 +213,7 @@ def test_cli_adds_a_critic_reports_it_and_passes_the_strength_on(critic_model, t
     embedded = next(f for f in json.loads(capsys.readouterr().out)["files"] if f["key"] == "embedded")
     assert embedded["shape_critic"]["shape_guidance"] == 0.5 and embedded["shape_critic"]["shapes"] == list(SHAPES)
     assert embedded["shape_critic"]["track_guidance"] == 0.25 and embedded["shape_critic"]["shape_outline"] == 0.5
+    assert embedded["motion_guidance"] == 0.75
     video = tmp_path / "v.mp4"
     assert main(["t2v", "a red star moving left", "-o", str(video), "--weights", str(out), "--steps", "3",
                  "--frames", "4", "--size", "32x32", "--json", "-q"]) == 0
@@ -230,6 +232,7 @@ def test_cli_adds_a_critic_reports_it_and_passes_the_strength_on(critic_model, t
     assert load_embedded(tmp_path / "plain").record["sampling"]["shape_guidance"] == 1.0  # the --init model's
     assert load_embedded(tmp_path / "plain").record["sampling"]["track_guidance"] == 1.0  # the default
     assert load_embedded(tmp_path / "plain").record["sampling"]["shape_outline"] == 1.0  # the default
+    assert load_embedded(tmp_path / "plain").record["sampling"]["motion_guidance"] == 0.35  # the default
     assert main(["train-shape-critic", "--init", str(critic_model), "--out", str(tmp_path / "bad"), "--clips", "0",
                  "-q"]) == 2
     assert "--clips" in capsys.readouterr().err

@@ -40,7 +40,7 @@ LIST_KEYS = {"t2v": frozenset({"prompt", "path"}), "motion-transfer": frozenset(
 BATCH_LEVEL = frozenset({"pipeline", "progress", "weights", "device", "log"})
 #: sampling options that the generating commands take through **kwargs (see vcomp.commands._options)
 SAMPLING_KEYS = ("seed", "steps", "guidance", "guide", "eta", "negative_prompt", "preview", "shape_guidance",
-                "track_guidance")
+                "track_guidance", "motion_guidance")
 EXAMPLE = '{"command": "t2v", "prompt": "a red circle moving right", "output": "out/a.mp4"}'
 
 

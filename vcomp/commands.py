@@ -31,20 +31,22 @@ def _listed(value) -> list:
 
 
 def _options(steps=50, guidance=None, guide=None, seed=0, eta=0.0, negative_prompt="", preview=True,
-             keep_known="both", shape_guidance=None, track_guidance=None) -> GenerateOptions:
+             keep_known="both", shape_guidance=None, track_guidance=None, motion_guidance=None) -> GenerateOptions:
     from vcomp.engine.sampling import MAX_STEPS
 
     if not 1 <= int(steps) <= MAX_STEPS:
         raise InputError(f"--steps must be between 1 and {MAX_STEPS} (got {steps})")
     if guidance is not None and not float(guidance) >= 0:
         raise InputError(f"--guidance must be >= 0 (got {guidance})")
-    for flag, value in (("--shape-guidance", shape_guidance), ("--track-guidance", track_guidance)):
+    for flag, value in (("--shape-guidance", shape_guidance), ("--track-guidance", track_guidance),
+                        ("--motion-guidance", motion_guidance)):
         if value is not None and not float(value) >= 0:
             raise InputError(f"{flag} must be >= 0 (got {value})")
     return GenerateOptions(steps=int(steps), guidance=None if guidance is None else float(guidance), guide=guide, seed=int(seed), eta=float(eta),
                            negative_prompt=negative_prompt or "", keep_known=keep_known, preview=bool(preview),
                            shape_guidance=None if shape_guidance is None else float(shape_guidance),
-                           track_guidance=None if track_guidance is None else float(track_guidance))
+                           track_guidance=None if track_guidance is None else float(track_guidance),
+                           motion_guidance=None if motion_guidance is None else float(motion_guidance))
 
 
 def _frames(frames) -> int:

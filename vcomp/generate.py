@@ -39,6 +39,7 @@ class GenerateOptions:
     preview: bool = True
     shape_guidance: float | None = None  # None: the model's default (with a shape critic), 0: off
     track_guidance: float | None = None  # the same, for track guidance
+    motion_guidance: float | None = None  # None: the model's default with a motion condition, 0: off
 
 
 def sidecar_paths(output: str | os.PathLike) -> tuple[Path, Path]:
@@ -116,19 +117,21 @@ def generate_one(pipeline, recipe: Recipe, prompt: str, options: GenerateOptions
                              eta=options.eta, seed=options.seed, num_frames=frames, size=size,
                              source_frames=recipe.source_frames, keep_known=options.keep_known,
                              progress=progress, shape_guidance=options.shape_guidance,
-                             track_guidance=options.track_guidance)
+                             track_guidance=options.track_guidance, motion_guidance=options.motion_guidance)
 
 
 def with_model_defaults(options: GenerateOptions, pipeline, recipe: Recipe) -> GenerateOptions:
-    """Options with the model's default guidance for what is guided (and its shape and track
-    guidance, for a model with a shape critic) filled in, so the sidecar says what ran."""
+    """Options with the model's default guidance for what is guided (its shape and track
+    guidance, for a model with a shape critic, and its motion guidance) filled in, so the sidecar
+    says what ran."""
     guided = pipeline.guided_names(recipe.conditions, options.guide)
     shape, track = options.shape_guidance, options.track_guidance
     if getattr(pipeline, "shape_critic", None) is not None:
         shape = pipeline.shape_guidance_or_default(shape, recipe.conditions)
         track = pipeline.track_guidance_or_default(track, recipe.conditions)
     return replace(options, guidance=pipeline.guidance_or_default(options.guidance, guided), shape_guidance=shape,
-                   track_guidance=track)
+                   track_guidance=track,
+                   motion_guidance=pipeline.motion_guidance_or_default(options.motion_guidance, recipe.conditions))
 
 
 def run(pipeline, command: str, recipe: Recipe, prompt: str, output: str | os.PathLike,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -99,20 +99,32 @@ def _parse_guide(guide) -> list[str]:
     return [n for n in GUIDABLE if n in names]
 
 
-def _sampling_defaults(sampling: dict, source) -> tuple[float, dict[str, float], float, float, float]:
-    """(default guidance, per-guide defaults, default shape and track guidance, the shape step's
-    outline weight) from an embedded.json "sampling" block; a malformed block is a corrupt model,
-    reported as such rather than as a traceback."""
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """An embedded model's measured sampling defaults (embedded.json "sampling"): classifier-free
+    guidance and its per-guide overrides, shape and track guidance, the shape step's outline
+    weight and motion guidance. Absent entries are off (guidance: EMBEDDED_GUIDANCE), so an older
+    export samples as it did."""
+
+    guidance: float = EMBEDDED_GUIDANCE
+    by_guide: dict[str, float] = field(default_factory=dict)
+    shape_guidance: float = 0.0
+    track_guidance: float = 0.0
+    shape_outline: float = 0.0
+    motion_guidance: float = 0.0
+
+
+def _sampling_defaults(sampling: dict, source) -> SamplingDefaults:
+    """`SamplingDefaults` from an embedded.json "sampling" block; a malformed block is a corrupt
+    model, reported as such rather than as a traceback."""
     try:
-        guidance = float(sampling.get("guidance", EMBEDDED_GUIDANCE))
+        strengths = {f.name: float(sampling.get(f.name, f.default)) for f in fields(SamplingDefaults)
+                     if f.name != "by_guide"}
         by_guide = {str(k): float(v) for k, v in (sampling.get("guidance_by_guide") or {}).items()}
-        shape_guidance = float(sampling.get("shape_guidance", 0.0))
-        track_guidance = float(sampling.get("track_guidance", 0.0))
-        shape_outline = float(sampling.get("shape_outline", 0.0))
     except (TypeError, ValueError, AttributeError) as exc:
         raise WeightsError(f"embedded.json beside {source}: its 'sampling' block is malformed ({exc}); "
                            "restore the file or remove the block") from None
-    return guidance, by_guide, shape_guidance, track_guidance, shape_outline
+    return SamplingDefaults(by_guide=by_guide, **strengths)
 
 
 class Pipeline:
@@ -122,7 +134,8 @@ class Pipeline:
                  autocast_dtype: torch.dtype | None = None, weights: dict | None = None,
                  size: tuple[int, int] = (64, 64), num_frames: int = 16, notes: Sequence[str] = (),
                  guidance: float = PUBLISHED_GUIDANCE, guidance_by_guide: dict[str, float] | None = None,
-                 shape_guidance: float = 0.0, track_guidance: float = 0.0, shape_outline: float = 0.0):
+                 shape_guidance: float = 0.0, track_guidance: float = 0.0, shape_outline: float = 0.0,
+                 motion_guidance: float = 0.0):
         self.unet = unet.eval()
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder.eval() if hasattr(text_encoder, "eval") else text_encoder
@@ -145,6 +158,7 @@ class Pipeline:
         self.default_shape_guidance = float(shape_guidance)
         self.default_track_guidance = float(track_guidance)
         self.shape_outline = float(shape_outline)  # the outline term's weight in the shape step (engine.shape_guidance)
+        self.default_motion_guidance = float(motion_guidance)  # when generate() is given None and a motion condition
         self.notes = list(notes)
         with torch.inference_mode(), self._autocast():
             null, _ = self.encode_text([""])
@@ -214,14 +228,14 @@ class Pipeline:
             load_embedded(assets)  # raises the WeightsError that says what is missing
             raise AssertionError("unreachable")
         size = emb.unet.cfg.default_size
-        guidance, by_guide, shape_guidance, track_guidance, shape_outline = _sampling_defaults(
-            emb.record.get("sampling") or {}, emb.source)
+        defaults = _sampling_defaults(emb.record.get("sampling") or {}, emb.source)
         return cls(emb.unet.to(device), emb.autoencoder, emb.text_encoder.to(device),
                    TinyAdapter(style_dim=emb.unet.cfg.style_dim), preset="tiny", device=device,
                    autocast_dtype=autocast_dtype, weights={"embedded": emb.source}, size=(size, size),
                    num_frames=16, notes=notes,
-                   guidance=guidance, guidance_by_guide=by_guide, shape_guidance=shape_guidance,
-                   track_guidance=track_guidance, shape_outline=shape_outline)
+                   guidance=defaults.guidance, guidance_by_guide=defaults.by_guide,
+                   shape_guidance=defaults.shape_guidance, track_guidance=defaults.track_guidance,
+                   shape_outline=defaults.shape_outline, motion_guidance=defaults.motion_guidance)
 
     # ------------------------------------------------------------------ helpers
 
@@ -295,6 +309,13 @@ class Pipeline:
             return 0.0
         return default
 
+    def motion_guidance_or_default(self, motion_guidance: float | None, conditions: ConditionSet | None = None) -> float:
+        """`motion_guidance`, or when None the model's default; 0 without a motion condition (it
+        steers towards that field)."""
+        if conditions is None or conditions.motion is None:
+            return 0.0
+        return float(self.default_motion_guidance if motion_guidance is None else motion_guidance)
+
     def shape_targets(self, prompt: str) -> list:
         """The objects of `prompt` that shape guidance steers ([] without a shape critic)."""
         from vcomp.engine.shape_guidance import shape_targets
@@ -320,6 +341,7 @@ class Pipeline:
                 "shape_guidance": self.default_shape_guidance if self.shape_critic is not None else None,
                 "track_guidance": self.default_track_guidance if self.shape_critic is not None else None,
                 "shape_outline": self.shape_outline if self.shape_critic is not None else None,
+                "motion_guidance": self.default_motion_guidance,
                 "unet": {"name": cfg.name, "in_dim": cfg.in_dim, "context_dim": cfg.context_dim,
                          "style_dim": cfg.style_dim}, "weights": self.weights}
 
@@ -330,7 +352,8 @@ class Pipeline:
                  eta: float = 0.0, seed: int = 0, num_frames: int | None = None,
                  size: tuple[int, int] | None = None, source_frames: np.ndarray | None = None,
                  keep_known: str = "both", progress: Callable[[int, int], None] | None = None,
-                 shape_guidance: float | None = None, track_guidance: float | None = None) -> GenerationResult:
+                 shape_guidance: float | None = None, track_guidance: float | None = None,
+                 motion_guidance: float | None = None) -> GenerationResult:
         """Generate one video.
 
         guide: what the unconditional branch drops (names from GUIDABLE). None = the published
@@ -347,6 +370,10 @@ class Pipeline:
             pairs; a prompt without any is sampled without it.
         track_guidance: strength of track guidance (vcomp.engine.track_guidance), the same way: it
             moves each "{colour} {shape} moving {direction}" (or "standing still") the named way.
+        motion_guidance: strength of motion guidance (vcomp.engine.motion_guidance): with a motion
+            condition, the clip is steered to move as its field says pixel by pixel; None = the
+            model's default (`motion_guidance_or_default`), 0 = off; no effect without a motion
+            condition.
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -369,14 +396,15 @@ class Pipeline:
         h, w = height // ae.factor, width // ae.factor
 
         guidance = self.guidance_or_default(guidance, guided)
-        for kind, value in (("shape", shape_guidance), ("track", track_guidance)):
+        for kind, value in (("shape", shape_guidance), ("track", track_guidance), ("motion", motion_guidance)):
             if value is not None and value < 0:
                 raise InputError(f"{kind} guidance must be >= 0, got {value}")
-            if value and self.shape_critic is None:
+            if value and kind != "motion" and self.shape_critic is None:
                 raise InputError(f"{kind} guidance needs a model with a shape critic (add one with "
                                  f"`vcomp train-shape-critic`); leave --{kind}-guidance out or set it to 0")
         shape_scale = self.shape_guidance_or_default(shape_guidance, conditions)
         track_scale = self.track_guidance_or_default(track_guidance, conditions)
+        motion_scale = self.motion_guidance_or_default(motion_guidance, conditions)
         inputs = self.adapter.prepare(conditions, frames, (width, height), source_frames)
         from vcomp.model.adapters import MODEL_NAMES
 
@@ -428,6 +456,13 @@ class Pipeline:
                 eps_fn = shape_guided(eps_fn, lambda z: ae.decode(z, refine=False), self.shape_critic, targets,
                                       scheduler.alphas_cumprod, shape_scale, output=output, tracks=tracks,
                                       track_scale=track_scale, outline=self.shape_outline)
+            if motion_scale > 0:
+                from vcomp.conditions.motion import resize_motion
+                from vcomp.engine.motion_guidance import motion_guided
+
+                motion_field = torch.from_numpy(resize_motion(conditions.motion, (width, height))).to(dev)
+                eps_fn = motion_guided(eps_fn, lambda z: ae.decode(z, refine=False), motion_field,
+                                       scheduler.alphas_cumprod, motion_scale, output=output)
             noise = get_noise((1, ae.latent_channels, frames, h, w), seed, dev,
                               shared=getattr(unet.cfg, "noise_shared", 0.0))
             known = hole = source = None
@@ -459,7 +494,7 @@ class Pipeline:
             "dtype": str(self.autocast_dtype or torch.float32).replace("torch.", ""),
             "seed": int(seed), "steps": int(steps), "guidance": float(guidance), "guide": guided, "eta": float(eta),
             "shape_guidance": shape_scale if targets else 0.0, "track_guidance": track_scale if tracks else 0.0,
-            "shape_outline": self.shape_outline if targets else 0.0,
+            "shape_outline": self.shape_outline if targets else 0.0, "motion_guidance": motion_scale,
             "num_frames": frames, "size": [width, height], "prompt": prompt, "negative_prompt": negative_prompt,
             "conditions": conditions.present(), "model_conditions": sorted(inputs.conditions),
             "keep_known": keep_known if inputs.known is not None else None,

@@ -27,6 +27,7 @@ def evaluate(
     guidance: float = typer.Option(None, "--guidance", "-w", help="Guidance weight. Default: the model's (9.0 published; the shipped embedded model's 4.0, or 16.0 when a style is guided; `vcomp models` shows it)."),
     shape_guidance: float = typer.Option(None, "--shape-guidance", help="Strength of shape guidance for a model with a shape critic (0 = off). Default: the model's.", show_default=False),
     track_guidance: float = typer.Option(None, "--track-guidance", help="Strength of track guidance for a model with a shape critic (0 = off). Default: the model's.", show_default=False),
+    motion_guidance: float = typer.Option(None, "--motion-guidance", help="Strength of motion guidance where a motion condition is given (0 = off). Default: the model's.", show_default=False),
     tasks: str = typer.Option(None, "--tasks", help="Comma-separated: text,motion,depth,sketch,inpaint,style. Default: all."),
     frames: int = typer.Option(16, "--frames", help="Frames per scene and generation."),
     inpaint_keep: str = typer.Option("both", "--inpaint-keep", help="Inpainting task: both (as `vcomp inpaint`: the source is pasted back outside the mask) or latent (measures the model's own preservation of the outside)."),
@@ -70,7 +71,7 @@ def evaluate(
             report = run_world_suite(pipeline, seed=seed, n=n, steps=steps, guidance=guidance, tasks=task_names,
                                      progress=update, frames=frames, weights_dir=weights, out_dir=out,
                                      inpaint_keep=inpaint_keep, log=console.log, shape_guidance=shape_guidance,
-                                     track_guidance=track_guidance)
+                                     track_guidance=track_guidance, motion_guidance=motion_guidance)
     finally:
         torch.set_num_threads(previous_threads)  # in-process callers (tests, batch) keep their setting
     report["threads"] = torch.get_num_threads() if not threads else threads

@@ -22,6 +22,7 @@ GUIDE = typer.Option(None, "--guide", help="Conditions the guidance pushes towar
 ETA = typer.Option(0.0, "--eta", help="DDIM eta (0 = deterministic sampling).")
 SHAPE_GUIDANCE = typer.Option(None, "--shape-guidance", help="Strength of shape guidance: a model with a shape critic steers each '{colour} {shape}' the prompt names towards that shape (0 = off). Default: the model's (the shipped embedded model's 1.0; `vcomp models` shows it).", show_default=False)
 TRACK_GUIDANCE = typer.Option(None, "--track-guidance", help="Strength of track guidance: a model with a shape critic moves each '{colour} {shape} moving {direction}' (or 'standing still') the prompt names along a track that moves that way (0 = off). Default: the model's (`vcomp models` shows it).", show_default=False)
+MOTION_GUIDANCE = typer.Option(None, "--motion-guidance", help="Strength of motion guidance: with a motion condition, the video is steered to move as its motion vectors say, pixel by pixel (0 = off). Default: the model's (the shipped embedded model's 0.35; `vcomp models` shows it).", show_default=False)
 NEGATIVE = typer.Option("", "--negative-prompt", help="Text for the unconditional pass.")
 FRAMES = typer.Option(16, "--frames", "-n", help="Number of frames to generate.")
 SIZE = typer.Option(None, "--size", help="Output size WxH, multiples of 8. Default: the model's (64x64 embedded, 256x256 published).")
@@ -44,6 +45,7 @@ COMMON = (
     ("output", Path, OUTPUT), ("conditions", Path, CONDITIONS), ("seed", int, SEED), ("steps", int, STEPS),
     ("guidance", float, GUIDANCE), ("guide", str, GUIDE), ("eta", float, ETA), ("negative_prompt", str, NEGATIVE),
     ("shape_guidance", float, SHAPE_GUIDANCE), ("track_guidance", float, TRACK_GUIDANCE),
+    ("motion_guidance", float, MOTION_GUIDANCE),
     ("frames", int, FRAMES), ("size", str, SIZE), ("fps", float, FPS), ("device", str, DEVICE),
     ("weights", Path, WEIGHTS), ("preview", bool, PREVIEW), ("json_out", bool, JSON), ("quiet", bool, QUIET),
 )

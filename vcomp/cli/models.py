@@ -68,6 +68,9 @@ def models(
                   f"{c['shape_guidance']:g} and track guidance (--track-guidance) {c.get('track_guidance', 0):g} "
                   "by default when the prompt alone sets the layout"
                   + (f"; shape guidance's outline term weighs {c['shape_outline']:g}" if c.get("shape_outline") else ""))
+    if gen["preset"] == "tiny" and embedded.get("motion_guidance"):
+        out.print(f"motion guidance (--motion-guidance): {embedded['motion_guidance']:g} by default when a motion "
+                  "condition is given (the video is steered to move as its vectors say)")
     if gen["preset"] == "tiny" and embedded.get("noise_schedule"):
         start = embedded.get("sampling_start")
         when = (f" ({start['steps']} DDIM steps start at t = {start['timestep']}, {start['spacing']} spacing)"

@@ -458,25 +458,27 @@ def train_shape_critic(
     shape_guidance: float = typer.Option(None, "--shape-guidance", help="The model's default strength of shape guidance. Default: the --init model's, else 1.0.", show_default=False),
     track_guidance: float = typer.Option(None, "--track-guidance", help="The model's default strength of track guidance (which finds objects by the critic's colours). Default: the --init model's, else 1.0.", show_default=False),
     shape_outline: float = typer.Option(None, "--shape-outline", help="Weight of the outline term in the shape guidance step (pulls each object towards the named shape's outline; 0 = the critic alone). Default: the --init model's, else 1.0.", show_default=False),
+    motion_guidance: float = typer.Option(None, "--motion-guidance", help="The model's default strength of motion guidance (with a motion condition; needs no critic). Default: the --init model's, else 0.35.", show_default=False),
     seed: int = SEED,
     json_out: bool = JSON_SUMMARY,
     quiet: bool = QUIET,
 ) -> None:
-    """Add a shape critic to an embedded model, for shape and track guidance at sampling."""
+    """Add a shape critic to an embedded model, for shape and track guidance at sampling; also
+    writes the model's default motion guidance."""
     from vcomp.train.shape_critic import add_shape_critic
 
     console.set_quiet(quiet)
     with console.progress("shape critic") as update:
         summary = add_shape_critic(init, out, steps=steps, seed=seed, clips=clips, shape_guidance=shape_guidance,
                                    track_guidance=track_guidance, shape_outline=shape_outline,
-                                   on_step=lambda step, loss: update(step + 1, steps))
+                                   motion_guidance=motion_guidance, on_step=lambda step, loss: update(step + 1, steps))
     if json_out:
         console.print_json(summary)
     else:
         console.log(f"shape critic: held-out accuracy {summary['clean_accuracy']:.1%} on clean frames, "
                     f"{summary['decoded_accuracy']:.1%} through the decoder; shape guidance "
                     f"{summary['shape_guidance']:g} (outline weight {summary['shape_outline']:g}), "
-                    f"track guidance {summary['track_guidance']:g}; "
+                    f"track guidance {summary['track_guidance']:g}, motion guidance {summary['motion_guidance']:g}; "
                     f"written to {summary['export']}")
 
 

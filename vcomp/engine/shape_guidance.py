@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from vcomp.engine.clean_guidance import SPACING, EpsFn, Spacing, unit_rms, x0_guided
+
 T_RANGE = (300, 800)  #: timesteps at which guidance acts (where shapes are decided)
 OUTLINE_RANGE = (300, 650)  #: timesteps at which the outline term acts (below track guidance's, whose motion it bent)
-SPACING = 50  #: guidance acts at most once per this many timesteps, with strength x (gap / SPACING)
 MAX_COLOUR_DISTANCE = 0.9  #: in [-1, 1] RGB units: pixels further from a named colour are not its object
 
 
@@ -162,11 +162,6 @@ def outline_error(frames: torch.Tensor, targets: list[ShapeTarget], shapes: tupl
     return total
 
 
-def _unit_rms(grad: torch.Tensor) -> torch.Tensor:
-    """`grad` scaled to unit root-mean-square, so a guidance strength is a step size in x0's units."""
-    return grad / grad.pow(2).mean().sqrt().clamp(min=1e-12)
-
-
 def _shape_gradient(critic, frames: list[torch.Tensor], targets: list[ShapeTarget], z: torch.Tensor,
                     outline: float) -> torch.Tensor | None:
     """The shape step's direction at the latent `z` the clips `frames` were decoded from: up the
@@ -175,7 +170,7 @@ def _shape_gradient(critic, frames: list[torch.Tensor], targets: list[ShapeTarge
     objectives = [(1.0, sum(shape_log_prob(critic, f, targets) for f in frames))]
     if outline > 0:
         objectives.append((outline, -sum(outline_error(f, targets, critic.shapes) for f in frames)))
-    steps = [weight * _unit_rms(torch.autograd.grad(value, z, retain_graph=True)[0])
+    steps = [weight * unit_rms(torch.autograd.grad(value, z, retain_graph=True)[0])
              for weight, value in objectives if value.requires_grad]
     return sum(steps) if steps else None
 
@@ -207,34 +202,27 @@ def shape_guided(eps_fn: EpsFn, decode: Callable[[torch.Tensor], torch.Tensor], 
     tracking = track_scale > 0 and bool(tracks)
     if not shaping and not tracking:
         return eps_fn
-    if output not in ("eps", "v"):
-        raise ValueError(f"output must be 'eps' or 'v', got {output!r}")
-    last: list[int] = []  # the timestep guidance last acted at (this sampling run's)
+    schedule = Spacing(spacing)
 
-    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        pred = eps_fn(x, t)
-        step = int(t)
-        shape_now = shaping and t_range[0] <= step <= t_range[1]
-        track_now = tracking and track_range[0] <= step <= track_range[1]
-        if not (shape_now or track_now) or (last and last[-1] - step < spacing):
-            return pred
-        gap = min(last[-1] - step, 2 * spacing) / spacing if last else 1.0
-        last.append(step)
-        a = alphas_cumprod[step].to(x.device, torch.float32)
-        sa, s1 = a.sqrt(), (1 - a).sqrt()
-        x0 = sa * x - s1 * pred if output == "v" else (x - s1 * pred) / sa
+    def shape_now(step: int) -> bool:
+        return shaping and t_range[0] <= step <= t_range[1]
+
+    def track_now(step: int) -> bool:
+        return tracking and track_range[0] <= step <= track_range[1]
+
+    def move(x0: torch.Tensor, step: int, gap: float) -> torch.Tensor | None:
         moved = x0
         with torch.inference_mode(False), torch.enable_grad():
             z = x0.detach().clone().requires_grad_(True)
             video = decode(z).float()
             frames = [video[b].transpose(0, 1) for b in range(len(video))]
-            if track_now:
+            if track_now(step):
                 error = sum(track_guidance.track_error(f, tg) for f in frames for tg in tracks)
                 if error.requires_grad:
-                    (grad,) = torch.autograd.grad(error, z, retain_graph=shape_now)
-                    moved = moved - track_scale * gap * _unit_rms(grad).to(x0.dtype)
+                    (grad,) = torch.autograd.grad(error, z, retain_graph=shape_now(step))
+                    moved = moved - track_scale * gap * unit_rms(grad).to(x0.dtype)
             outline_now = outline if outline_range[0] <= step <= outline_range[1] else 0.0
-            grad = _shape_gradient(critic, frames, targets, z, outline_now) if shape_now else None
+            grad = _shape_gradient(critic, frames, targets, z, outline_now) if shape_now(step) else None
             if grad is not None:  # some object found
                 if keep_places:  # reshape each object where it is: no step along its centroid's gradients
                     centres = torch.stack([torch.stack([soft_centroids(f, tg) for tg in targets]) for f in frames])
@@ -242,9 +230,8 @@ def shape_guided(eps_fn: EpsFn, decode: Callable[[torch.Tensor], torch.Tensor], 
                     moves = [torch.autograd.grad(c, z, retain_graph=i + 1 < len(coords))[0]
                              for i, c in enumerate(coords)]
                     grad = without_moves(grad, moves)
-                moved = moved + scale * gap * _unit_rms(grad).to(x0.dtype)
-        if moved is x0:
-            return pred
-        return (sa * x - moved) / s1 if output == "v" else (x - sa * moved) / s1
+                moved = moved + scale * gap * unit_rms(grad).to(x0.dtype)
+        return None if moved is x0 else moved
 
-    return guided
+    return x0_guided(eps_fn, alphas_cumprod, output,
+                     lambda step: schedule.weight(step, shape_now(step) or track_now(step)), move)

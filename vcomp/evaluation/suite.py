@@ -326,7 +326,7 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
                     *, frames: int = 16, weights_dir: str | os.PathLike | None = None,
                     out_dir: str | os.PathLike | None = None, embedder=None, inpaint_keep: str = "both",
                     log: Callable[[str], None] | None = None, shape_guidance: float | None = None,
-                    track_guidance: float | None = None) -> dict:
+                    track_guidance: float | None = None, motion_guidance: float | None = None) -> dict:
     """Run the world suite with a loaded `Pipeline`; returns a JSON-ready dict (see
     docs/evaluation.md): "metrics" rows (task, metric, value, baseline, target, passed),
     "cases" (per-scene measurements), "timings", "all_passed".
@@ -335,8 +335,9 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
     (mp4), the rendered sources and one contact sheet per task there. inpaint_keep: the
     pipeline's `keep_known` for the inpainting task: "both" (what `vcomp inpaint` does: the source
     is pasted back outside the mask, so the outside PSNR checks the paste) or "latent" (the
-    model's own preservation of the known region). shape_guidance, track_guidance: the pipeline's
-    `generate(shape_guidance=..., track_guidance=...)` for every job (None: the model's default)."""
+    model's own preservation of the known region). shape_guidance, track_guidance, motion_guidance:
+    the pipeline's `generate(shape_guidance=..., track_guidance=..., motion_guidance=...)` for every
+    job (None: the model's default)."""
     from vcomp.evaluation.metrics import frame_consistency, frame_embedder
 
     tasks = parse_tasks(tasks)
@@ -372,7 +373,8 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
             keep = {"keep_known": inpaint_keep} if job.source_frames is not None else {}
             result = pipeline.generate(job.conditions, job.prompt, steps=steps, guidance=requested, seed=case.seed,
                                        num_frames=frames, size=(width, height), source_frames=job.source_frames,
-                                       shape_guidance=shape_guidance, track_guidance=track_guidance, **keep)
+                                       shape_guidance=shape_guidance, track_guidance=track_guidance,
+                                       motion_guidance=motion_guidance, **keep)
             gen_times.append(time.perf_counter() - t0)
             step_times.append(result.info["timings"]["per_step"])
             outputs[name] = result.frames
@@ -407,7 +409,7 @@ def run_world_suite(pipeline, seed: int = 0, n: int = 50, steps: int = 50, guida
     report = {
         "suite": "world", "seed": int(seed), "n": int(n), "steps": int(steps), "guidance": float(guidance),
         "guidance_by_guide": by_guide, "shape_guidance": shape_guidance,
-        "track_guidance": track_guidance, "frames": int(frames), "size": [width, height], "tasks": list(tasks), "inpaint_keep": inpaint_keep,
+        "track_guidance": track_guidance, "motion_guidance": motion_guidance, "frames": int(frames), "size": [width, height], "tasks": list(tasks), "inpaint_keep": inpaint_keep,
         "model": pipeline.describe(),
         "notes": list(pipeline.notes), "frame_embedder": embedder.name if hasattr(embedder, "name") else "custom",
         "metrics": rows,

@@ -23,6 +23,9 @@ from vcomp.train.synthetic import PALETTE, SHAPES
 DEFAULT_SHAPE_GUIDANCE = 1.0  #: the best measured of 1, 1.5, 2 and 4 on the text task (docs/embedded-model.md)
 DEFAULT_TRACK_GUIDANCE = 1.0  #: the best measured of 0.5, 1 and 2 on the text task (docs/embedded-model.md)
 DEFAULT_SHAPE_OUTLINE = 1.0  #: the outline term's weight in the shape step (measured against 0 and 2, docs/embedded-model.md)
+#: motion guidance (vcomp.engine.motion_guidance; needs no critic, but this command writes the model's
+#: sampling defaults): the best measured of 0.25, 0.35, 0.5 and 1 on the motion task (docs/embedded-model.md)
+DEFAULT_MOTION_GUIDANCE = 0.35
 
 __all__ = ["ShapeCritic", "critic_accuracy", "critic_logits", "crop_boxes", "object_crops", "train_shape_critic"]
 
@@ -118,11 +121,12 @@ def critic_accuracy(critic: ShapeCritic, autoencoder, seed: int = 0, clips: int 
 
 def add_shape_critic(init: str | None, out: str, steps: int = 1500, seed: int = 0, clips: int = 1536,
                      shape_guidance: float | None = None, on_step=None, track_guidance: float | None = None,
-                     shape_outline: float | None = None) -> dict:
+                     shape_outline: float | None = None, motion_guidance: float | None = None) -> dict:
     """`vcomp train-shape-critic`: train a critic on the decoder of the embedded model in `init`
     (None: the shipped one) on `clips` world clips and write that model with it into `out`, its sampling block's
     `shape_guidance` set to `shape_guidance` (None: the model's, else DEFAULT_SHAPE_GUIDANCE) and its
-    `track_guidance` and `shape_outline` likewise (DEFAULT_TRACK_GUIDANCE, DEFAULT_SHAPE_OUTLINE).
+    `track_guidance`, `shape_outline` and `motion_guidance` likewise (DEFAULT_TRACK_GUIDANCE,
+    DEFAULT_SHAPE_OUTLINE, DEFAULT_MOTION_GUIDANCE).
     Returns a summary."""
     from pathlib import Path
 
@@ -135,7 +139,8 @@ def add_shape_critic(init: str | None, out: str, steps: int = 1500, seed: int = 
     # the sampling settings this command writes: (asked for, default when neither asked nor in the model)
     asked = {"shape_guidance": (shape_guidance, DEFAULT_SHAPE_GUIDANCE),
              "track_guidance": (track_guidance, DEFAULT_TRACK_GUIDANCE),
-             "shape_outline": (shape_outline, DEFAULT_SHAPE_OUTLINE)}
+             "shape_outline": (shape_outline, DEFAULT_SHAPE_OUTLINE),
+             "motion_guidance": (motion_guidance, DEFAULT_MOTION_GUIDANCE)}
     for key, (value, _) in asked.items():
         if value is not None and value < 0:
             raise InputError(f"--{key.replace('_', '-')} must be 0 or more, got {value}")

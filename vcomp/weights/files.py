@@ -187,6 +187,7 @@ def inventory(weights_dir: str | os.PathLike | None = None, assets: str | os.Pat
 
 
 _NO_SETTINGS = {"default_guidance": None, "temporal_refiner": None, "prompt_refiner": None, "shape_critic": None,
+                "motion_guidance": None,
                 "noise_schedule": None, "sampling_start": None}
 
 
@@ -210,7 +211,8 @@ def _embedded_settings(config_path: Path) -> dict:
     """What the embedded model's embedded.json says a user may want to know: its measured default
     guidance ("default", per-guide "by_guide"; what --guidance falls back to), its temporal
     refiner's size (None: frames are decoded one by one), its prompt refiner's (None: none), its
-    shape critic's classes with the default shape and track guidance (None: no critic), its noise schedule ("published" or "zero terminal SNR") and where default sampling starts (the
+    shape critic's classes with the default shape and track guidance (None: no critic), its default
+    motion guidance (0: off), its noise schedule ("published" or "zero terminal SNR") and where default sampling starts (the
     scheduler's first timestep and spacing, read from the scheduler itself); None values when it
     cannot be read."""
     import json
@@ -226,6 +228,7 @@ def _embedded_settings(config_path: Path) -> dict:
                 "temporal_refiner": (record.get("autoencoder") or {}).get("temporal_refiner"),
                 "prompt_refiner": (record.get("autoencoder") or {}).get("prompt_refiner"),
                 "shape_critic": _shape_critic_settings(record, sampling),
+                "motion_guidance": float(sampling.get("motion_guidance", 0.0)),
                 "noise_schedule": "zero terminal SNR" if zero else "published",
                 "sampling_start": _sampling_start(get_scheduler(DEFAULT_STEPS, zero_terminal_snr=zero))}
     except (OSError, ValueError, AttributeError, TypeError):
