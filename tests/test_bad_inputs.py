@@ -146,6 +146,8 @@ CASES = {
     "motion-transfer too few frames": (lambda m, o, w: ["motion-transfer", m / "src.mp4", "-p", PROMPT, "-o", o, "--frames", "30"], 2),
     "motion-transfer empty prompt": (lambda m, o, w: ["motion-transfer", m / "src.mp4", "-p", "", "-o", o], 2),
     "motion-transfer no prompt": (lambda m, o, w: ["motion-transfer", m / "src.mp4", "-o", o], 2),
+    "motion-transfer negative motion guidance": (lambda m, o, w: ["motion-transfer", m / "src.mp4", "-p", PROMPT, "-o", o,
+                                                                   "--motion-guidance", "-0.5"], 2),
     "motion-transfer negative fps": (lambda m, o, w: ["motion-transfer", m / "src.mp4", "-p", PROMPT, "-o", o, "--fps", "-3"], 2),
     # inpaint: masks
     "inpaint mask is text named .png": (lambda m, o, w: ["inpaint", m / "src.mp4", "-p", PROMPT, "--mask", m / "text.png", "-o", o], 2),

@@ -77,9 +77,10 @@ def test_path_motion_moves_along_the_path():
 
 def test_motion_transfer_on_a_real_clip(tmp_path, capsys):
     out = cli(capsys, "motion-transfer", MEDIA / "motion_transfer.mp4", "-p", "a white square", "-o",
-              tmp_path / "m.mp4", "--json", *FAST)
+              tmp_path / "m.mp4", "--json", "--motion-guidance", "0.2", *FAST)
     record = json.loads(out)
     assert record["conditions"] == ["motion"]
+    assert record["options"]["motion_guidance"] == 0.2 and record["generation"]["motion_guidance"] == 0.2
     assert record["extractors"]["motion"]["extractor"] == "h264-side-data"
     assert record["extractors"]["motion"]["still_threshold"] == 2.0
     assert len(record["frame_indices"]) == 4
