@@ -5,7 +5,7 @@ Why: the STC encoder gives the UNet the field, and the embedded model moves its 
 way (direction 23 of 24 on the world suite) but draws it too large, a few pixels off, or with
 its own speed, and the motion-control error counts every codec block whose content moves
 differently from the source's. A motion vector says that the content at p in frame t came from
-p - v in frame t-1 (the codec's motion-compensated prediction), so at the noisiest steps, where
+p - v in frame t-1 (the codec's motion-compensated prediction), so at the noisier steps, where
 the layout of the clip is decided (t >= 300), the decoded clean prediction x0 is moved down the
 gradient of `warp_residual`: how far each frame is from its predecessor moved by the field.
 
