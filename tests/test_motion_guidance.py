@@ -134,6 +134,10 @@ def test_the_pipeline_takes_its_default_from_the_model_and_acts_only_with_a_moti
     assert guided.info["motion_guidance"] == 0.5 and plain.info["motion_guidance"] == 0.0
     assert not np.array_equal(guided.frames, plain.frames)
     assert run(None).info["motion_guidance"] == 0.0  # nothing to steer towards
+    still = run(ConditionSet(motion=np.zeros_like(field), meta={"fps": 8}))
+    assert still.info["motion_guidance"] == 0.0  # a field that moves nowhere is not guided
+    assert np.array_equal(still.frames, run(ConditionSet(motion=np.zeros_like(field), meta={"fps": 8}),
+                                            motion_guidance=0).frames)
     assert pipe.motion_guidance_or_default(2.0, ConditionSet()) == 0.0
     with pytest.raises(InputError, match="motion guidance"):
         run(motion, motion_guidance=-1)

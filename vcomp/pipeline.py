@@ -458,9 +458,11 @@ class Pipeline:
                                       track_scale=track_scale, outline=self.shape_outline)
             if motion_scale > 0:
                 from vcomp.conditions.motion import resize_motion
-                from vcomp.engine.motion_guidance import motion_guided
+                from vcomp.engine.motion_guidance import field_moves, motion_guided
 
                 motion_field = torch.from_numpy(resize_motion(conditions.motion, (width, height))).to(dev)
+                if not field_moves(motion_field):
+                    motion_scale = 0.0  # a still field is not guided (engine.motion_guidance); info says so
                 eps_fn = motion_guided(eps_fn, lambda z: ae.decode(z, refine=False), motion_field,
                                        scheduler.alphas_cumprod, motion_scale, output=output)
             noise = get_noise((1, ae.latent_channels, frames, h, w), seed, dev,

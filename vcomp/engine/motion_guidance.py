@@ -46,6 +46,11 @@ def warp_residual(frames: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
     return torch.minimum(moving, still).sum()
 
 
+def field_moves(field: torch.Tensor) -> bool:
+    """Whether `field` [T, 2, H, W] moves anything between frames (field[0] is unused)."""
+    return bool((field[1:] != 0).any())
+
+
 def motion_guided(eps_fn: EpsFn, decode: Callable[[torch.Tensor], torch.Tensor], field: torch.Tensor,
                   alphas_cumprod: torch.Tensor, scale: float, output: str = "eps",
                   t_range: tuple[int, int] = T_RANGE, spacing: int = SPACING) -> EpsFn:
@@ -57,7 +62,7 @@ def motion_guided(eps_fn: EpsFn, decode: Callable[[torch.Tensor], torch.Tensor],
     that frames stay alike, which the model already does (every still scene of the world suite gives
     a zero error without guidance), while its pull towards identical frames at the noisiest steps
     erased a faint object (an orange triangle on red, seed 0)."""
-    if scale <= 0 or not bool((field[1:] != 0).any()):
+    if scale <= 0 or not field_moves(field):
         return eps_fn
     schedule = Spacing(spacing)
 
