@@ -96,8 +96,8 @@ def test_guide_choice_changes_the_unconditional_branch(pipe):
 @pytest.fixture(scope="module")
 def pixel_pipe():
     """A random tiny model on the parameter-free pixel-unshuffle latent (the first release's)."""
-    from vcomp.pipeline import EMBEDDED_GUIDANCE
     from vcomp.weights.embedded import random_embedded
+    from vcomp.weights.files import EMBEDDED_GUIDANCE
 
     emb = random_embedded(0, in_dim=48, out_dim=48, latent_scale=4)
     return Pipeline(emb.unet, emb.autoencoder, emb.text_encoder, TinyAdapter(style_dim=emb.unet.cfg.style_dim),

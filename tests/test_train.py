@@ -554,8 +554,9 @@ def test_a_fine_tune_keeps_the_init_models_sampling_defaults_through_resume_and_
     """A model's guidance is measured for it and lives in embedded.json; an export of a run that
     started from it (and of that run resumed) must carry it, or evaluating the export runs at the
     pipeline's fallback guidance instead."""
-    from vcomp.pipeline import EMBEDDED_GUIDANCE, Pipeline
+    from vcomp.pipeline import Pipeline
     from vcomp.weights.embedded import load_embedded
+    from vcomp.weights.files import EMBEDDED_GUIDANCE
 
     base = tmp_path / "base"
     train(micro(tmp_path / "run0", stage="1", steps=1, export=str(base)))

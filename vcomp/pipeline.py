@@ -24,13 +24,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from vcomp.conditions.condition_set import ConditionSet
 from vcomp.errors import InputError, WeightsError
+from vcomp.weights.files import sampling_defaults
 
 GUIDABLE = ("text", "style", "motion", "depth", "sketch", "mask", "image", "single_sketch")
 KEEP_KNOWN = ("none", "latent", "pixels", "both")
@@ -39,11 +40,6 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 
 
 PUBLISHED_GUIDANCE = 9.0  # hard-coded in the published inference scripts
-# The embedded model's default (embedded.json "sampling.guidance" overrides it). Measured on 8
-# held-out text-only scenes (64 px, 20 steps): background colour right 88% at w = 2-6 but 50% at
-# w = 9, frame consistency 0.91 / 0.88 / 0.84 / 0.78 at w = 2 / 4 / 6 / 9: w = 9 over-saturates a
-# model this small (blue turns cyan).
-EMBEDDED_GUIDANCE = 4.0
 
 
 @dataclass
@@ -97,34 +93,6 @@ def _parse_guide(guide) -> list[str]:
     if bad:
         raise InputError(f"cannot guide {bad[0]!r}; choose from {', '.join(GUIDABLE)}")
     return [n for n in GUIDABLE if n in names]
-
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """An embedded model's measured sampling defaults (embedded.json "sampling"): classifier-free
-    guidance and its per-guide overrides, shape and track guidance, the shape step's outline
-    weight and motion guidance. Absent entries are off (guidance: EMBEDDED_GUIDANCE), so an older
-    export samples as it did."""
-
-    guidance: float = EMBEDDED_GUIDANCE
-    by_guide: dict[str, float] = field(default_factory=dict)
-    shape_guidance: float = 0.0
-    track_guidance: float = 0.0
-    shape_outline: float = 0.0
-    motion_guidance: float = 0.0
-
-
-def _sampling_defaults(sampling: dict, source) -> SamplingDefaults:
-    """`SamplingDefaults` from an embedded.json "sampling" block; a malformed block is a corrupt
-    model, reported as such rather than as a traceback."""
-    try:
-        strengths = {f.name: float(sampling.get(f.name, f.default)) for f in fields(SamplingDefaults)
-                     if f.name != "by_guide"}
-        by_guide = {str(k): float(v) for k, v in (sampling.get("guidance_by_guide") or {}).items()}
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise WeightsError(f"embedded.json beside {source}: its 'sampling' block is malformed ({exc}); "
-                           "restore the file or remove the block") from None
-    return SamplingDefaults(by_guide=by_guide, **strengths)
 
 
 class Pipeline:
@@ -228,7 +196,7 @@ class Pipeline:
             load_embedded(assets)  # raises the WeightsError that says what is missing
             raise AssertionError("unreachable")
         size = emb.unet.cfg.default_size
-        defaults = _sampling_defaults(emb.record.get("sampling") or {}, emb.source)
+        defaults = sampling_defaults(emb.record.get("sampling") or {}, emb.source)
         return cls(emb.unet.to(device), emb.autoencoder, emb.text_encoder.to(device),
                    TinyAdapter(style_dim=emb.unet.cfg.style_dim), preset="tiny", device=device,
                    autocast_dtype=autocast_dtype, weights={"embedded": emb.source}, size=(size, size),

@@ -108,13 +108,13 @@ def redrawn(emb, clips: torch.Tensor, captions: list[str], t_start: int, steps: 
     clips through the autoencoder), both decoded as the prompt refiner sees clips."""
     from vcomp.engine.parameterization import schedule_alphas_cumprod, to_x0
     from vcomp.engine.sampling import Branch, make_eps_fn
-    from vcomp.pipeline import _sampling_defaults
+    from vcomp.weights.files import sampling_defaults
 
     unet, autoencoder = emb.unet, emb.autoencoder
     alphas = schedule_alphas_cumprod(bool(getattr(unet.cfg, "zero_terminal_snr", False))).float()
     latent = autoencoder.encode(clips)
     tokens, _ = emb.text_encoder.encode(list(captions) + [""])
-    guidance = _sampling_defaults(emb.record.get("sampling") or {}, emb.source).guidance  # what generation uses
+    guidance = sampling_defaults(emb.record.get("sampling") or {}, emb.source).guidance  # what generation uses
     eps_fn = make_eps_fn(unet, Branch(context=tokens[:-1]), Branch(context=tokens[-1:].expand(len(clips), -1, -1)),
                          guidance=guidance, alphas_cumprod=alphas)
     x = alphas[t_start].sqrt() * latent + (1 - alphas[t_start]).sqrt() * torch.randn(latent.shape, generator=generator)
