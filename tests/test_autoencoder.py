@@ -371,3 +371,66 @@ def test_cli_factor_sets_the_latent_grid_of_a_fresh_latent(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--factor" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_deeper_decoder_starts_as_the_old_one_trains_resumes_and_swaps_into_the_model(vae_run, tmp_path, capsys):
+    """--decoder-only --decoder-layers N: the new ResNet blocks start as the identity (same frames
+    from the same latents), training changes only the decoder, the export and the embedded model
+    it is applied to rebuild the deeper decoder from their config, and a resume keeps the depth;
+    shrinking, or deepening without --decoder-only, is a one-line error."""
+    from test_train import FAST
+
+    from vcomp.cli import main
+    from vcomp.model.autoencoder import DECODER_DEPTH_KEY, decoder_depth, deepen_decoder
+    from vcomp.pipeline import Pipeline
+    from vcomp.train.loop import TrainConfig, train
+    from vcomp.weights.embedded import load_embedded
+
+    out, _ = vae_run
+    base, _ = load_autoencoder(out / "export")
+    deeper = deepen_decoder(base, 3)
+    assert (decoder_depth(base), decoder_depth(deeper)) == (1, 3)
+    assert len(deeper.decoder.up_blocks[0].resnets) == 4 and len(deeper.encoder.down_blocks[0].resnets) == 1
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(base.decode(z).sample, deeper.decode(z).sample)
+    with pytest.raises(ValueError, match="cannot lose"):
+        deepen_decoder(deeper, 2)
+
+    train(TrainConfig(out=str(tmp_path / "run"), **{**FAST, "model": latent_free_model(FAST)}, steps=1,
+                      autoencoder=str(out / "export"), export=str(tmp_path / "model")))
+    dec = tmp_path / "dec"
+    common = ["--out", str(dec), "--batch", "2", "--crop", "32", "--size", "32", "--threads", "1", "-q"]
+    assert main(["train-autoencoder", "--init", str(out / "export"), "--decoder-only", "--decoder-layers", "2",
+                 "--steps", "2", *common]) == 0
+    assert main(["train-autoencoder", "--resume", "--steps", "3", "--apply-to", str(tmp_path / "model"), *common]) == 0
+    tuned, record = load_autoencoder(dec / "export")
+    assert record["config"][DECODER_DEPTH_KEY] == 2 and record["training"]["steps"] == 3
+    assert record["training"]["config"]["decoder_layers"] == 2
+    old, new = base.state_dict(), tuned.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if not k.startswith(("decoder.", "post_quant_conv.")))
+    model = load_embedded(tmp_path / "model")
+    assert decoder_depth(model.autoencoder.vae) == 2
+    assert all(torch.equal(model.autoencoder.vae.state_dict()[k], v) for k, v in new.items())
+    frames = Pipeline.load(device="cpu", preset="tiny", assets=tmp_path / "model").generate(
+        None, "a red circle", steps=1, size=(32, 32), num_frames=2).frames
+    assert frames.shape == (2, 32, 32, 3)
+
+    for args, words in ((["--resume", "--decoder-only", "--decoder-layers", "3", "--steps", "4"], "--decoder-layers"),
+                        (["--init", str(out / "export"), "--decoder-layers", "2", "--steps", "1"], "--decoder-only")):
+        capsys.readouterr()
+        assert main(["train-autoencoder", *args, *common]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1
+    capsys.readouterr()
+    assert main(["train-autoencoder", "--init", str(dec / "export"), "--decoder-only", "--decoder-layers", "1",
+                 "--steps", "1", "--out", str(tmp_path / "shrink"), "--batch", "2", "--crop", "32", "--size", "32",
+                 "--threads", "1", "-q"]) == 2
+    assert "can only grow" in capsys.readouterr().err
+    # a decoder tuned from the model keeps the model's own decoder history in its record
+    assert main(["train-autoencoder", "--init", str(tmp_path / "model"), "--decoder-only", "--steps", "1",
+                 "--out", str(tmp_path / "again"), "--batch", "2", "--crop", "32", "--size", "32", "--threads", "1",
+                 "-q"]) == 0
+    _, again = load_autoencoder(tmp_path / "again" / "export")
+    assert again["training"]["init"]["decoder"]["steps"] == 3 and again["training"]["init"]["steps"] == 60
+    assert again["config"][DECODER_DEPTH_KEY] == 2

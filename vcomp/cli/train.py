@@ -255,6 +255,7 @@ def train_autoencoder(
     init: str = typer.Option(None, "--init", help="Start from this autoencoder export, or from the autoencoder of an embedded model folder."),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="Train only the decoder (needs --init): the latent space, and a UNet trained in it, stay valid."),
     latent_noise: float = typer.Option(0.0, "--latent-noise", help="Decode latents plus Gaussian noise of std up to this (scaled-latent units, e.g. 0.15): a decoder robust to the frame-to-frame jitter of sampled latents flickers less. 0 = clean latents."),
+    decoder_layers: int = typer.Option(None, "--decoder-layers", help="With --decoder-only: ResNet blocks per decoder level, more than the --init decoder's (the new ones start as the identity, so training starts from its output): more capacity for small objects' outlines. Default: keep its depth."),
     latent_channels: int = typer.Option(None, "--latent-channels", help="Channels of a fresh latent (more keep finer shapes; the UNet's cost barely changes). Default: 8."),
     factor: int = typer.Option(None, "--factor", help="Pixels per latent cell along each side of a fresh latent (2, 4, 8 or 16): 4 gives 64 px video a 16 x 16 latent, where the world's objects span 4-6 cells instead of 2-3. Default: 8."),
     apply_to: str = typer.Option(None, "--apply-to", help="With --decoder-only: afterwards write the new decoder into the embedded model in this folder (whose encoder must be the --init one)."),
@@ -282,6 +283,10 @@ def train_autoencoder(
         raise InputError(f"--latent-noise must be 0 or more, got {latent_noise}")
     if grad_weight < 0:
         raise InputError(f"--grad-weight must be 0 or more, got {grad_weight}")
+    if decoder_layers is not None and not decoder_only:
+        raise InputError("--decoder-layers deepens the decoder of a --decoder-only run; add --decoder-only --init DIR")
+    if decoder_layers is not None and decoder_layers < 1:
+        raise InputError(f"--decoder-layers must be 1 or more, got {decoder_layers}")
     if latent_channels is not None and latent_channels < 1:
         raise InputError(f"--latent-channels must be 1 or more, got {latent_channels}")
     vae = {"latent_channels": latent_channels} if latent_channels else {}
@@ -292,7 +297,8 @@ def train_autoencoder(
     cfg = AutoencoderTrainConfig(out=out, steps=steps, batch=batch, crop=crop, size=size, lr=lr, kl_weight=kl_weight,
                                  seed=seed, max_minutes=max_minutes, threads=threads, resume=resume, command=command,
                                  object_weight=object_weight, grad_weight=grad_weight, init=init,
-                                 decoder_only=decoder_only, latent_noise=latent_noise, vae=vae)
+                                 decoder_only=decoder_only, latent_noise=latent_noise, vae=vae,
+                                 decoder_layers=decoder_layers)
     show = console.interactive()
     with console.progress_bar(transient=False) if show else _Nothing() as bar:
         task = bar.add_task("autoencoder", total=steps) if show else None

@@ -99,12 +99,61 @@ def sd21_vae_config(**overrides) -> dict:
     return config
 
 
-def build_kl_vae(config: dict | None = None, device: str | torch.device = "cpu"):
-    """A randomly initialised diffusers `AutoencoderKL` (on `device`; "meta" for shapes only)."""
-    from diffusers import AutoencoderKL
+#: vcomp's one extension of the diffusers config: ResNet blocks per decoder level when the decoder
+#: is deeper than the encoder (`deepen_decoder`); absent = diffusers' own (the encoder's depth)
+DECODER_DEPTH_KEY = "decoder_layers_per_block"
 
+
+def build_kl_vae(config: dict | None = None, device: str | torch.device = "cpu"):
+    """A randomly initialised diffusers `AutoencoderKL` (on `device`; "meta" for shapes only) from
+    its config, keys starting with "_" ignored; `DECODER_DEPTH_KEY` gives the decoder its own depth
+    (and stays in `vae.config`, so a saved config builds the same model again)."""
+    from diffusers import AutoencoderKL
+    from diffusers.models.autoencoders.vae import Decoder
+
+    config = {k: v for k, v in (config or sd21_vae_config()).items() if not k.startswith("_")}
+    depth = config.pop(DECODER_DEPTH_KEY, None)
     with torch.device(device):
-        return AutoencoderKL(**(config or sd21_vae_config()))
+        vae = AutoencoderKL(**config)
+        if depth is not None and int(depth) != vae.config.layers_per_block:
+            c = vae.config
+            vae.decoder = Decoder(in_channels=c.latent_channels, out_channels=c.out_channels,
+                                  up_block_types=c.up_block_types, block_out_channels=c.block_out_channels,
+                                  layers_per_block=int(depth), norm_num_groups=c.norm_num_groups, act_fn=c.act_fn,
+                                  mid_block_add_attention=c.mid_block_add_attention)
+    if depth is not None:
+        vae.register_to_config(**{DECODER_DEPTH_KEY: int(depth)})
+    return vae
+
+
+def decoder_depth(vae) -> int:
+    """ResNet blocks per decoder level of a diffusers `AutoencoderKL` built by `build_kl_vae`."""
+    return int(vae.config.get(DECODER_DEPTH_KEY) or vae.config.layers_per_block)
+
+
+def deepen_decoder(vae, layers_per_block: int):
+    """A copy of `vae` whose decoder has `layers_per_block` ResNet blocks per level (more than
+    now), computing exactly the same function: every tensor is kept and each new block starts as
+    the identity (its last convolution zero, so the residual adds nothing).
+
+    Why: the embedded model's decoder is its latent space's only renderer, and its 0.5 M
+    parameters trade small objects' outlines (star points) against colour; a deeper decoder
+    fine-tuned on the frozen encoder (`vcomp train-autoencoder --decoder-only --decoder-layers N`)
+    starts from the shipped one's quality instead of from scratch, and the UNet stays valid."""
+    now = decoder_depth(vae)
+    if layers_per_block < now:
+        raise ValueError(f"the decoder already has {now} ResNet blocks per level; it cannot lose any")
+    deeper = build_kl_vae({**dict(vae.config), DECODER_DEPTH_KEY: int(layers_per_block)})
+    target = deeper.state_dict()
+    kept = vae.state_dict()
+    target.update({k: v.to(target[k].dtype) for k, v in kept.items()})
+    for name, resnets in ((f"decoder.up_blocks.{i}", b.resnets) for i, b in enumerate(deeper.decoder.up_blocks)):
+        for j in range(now + 1, len(resnets)):  # diffusers' decoder levels hold layers_per_block + 1 blocks
+            for part in ("weight", "bias"):
+                target[f"{name}.resnets.{j}.conv2.{part}"] = torch.zeros_like(target[f"{name}.resnets.{j}.conv2.{part}"])
+    deeper.load_state_dict(target)
+    dtype = next(vae.parameters()).dtype
+    return (deeper if dtype == torch.float32 else deeper.to(dtype)).train(vae.training)
 
 
 class KLAutoencoder(nn.Module):

@@ -96,6 +96,9 @@ class AutoencoderTrainConfig:
     # decode latents + noise of std U(0, latent_noise) per sample (in the UNet's scaled latent units):
     # a decoder that maps a neighbourhood of each latent to its frame (see `autoencoder_loss`)
     latent_noise: float = 0.0
+    # with decoder_only: ResNet blocks per decoder level, more than the --init decoder's (new blocks
+    # start as the identity, `vcomp.model.autoencoder.deepen_decoder`); None = keep its depth
+    decoder_layers: int | None = None
     vae: dict = field(default_factory=dict)  # world_vae_config overrides
     command: list[str] = field(default_factory=list)
 
@@ -201,7 +204,18 @@ def _build(cfg: AutoencoderTrainConfig):
             raise InputError(f"autoencoder options {cfg.vae} (--latent-channels, --factor) shape a fresh latent; "
                              "an --init autoencoder keeps its own")
         vae, record = load_any_autoencoder(cfg.init)
+        if cfg.decoder_layers is not None:
+            if not cfg.decoder_only:
+                raise InputError("--decoder-layers deepens the decoder of a --decoder-only run; add --decoder-only")
+            from vcomp.model.autoencoder import decoder_depth, deepen_decoder
+
+            if cfg.decoder_layers < decoder_depth(vae):
+                raise InputError(f"--decoder-layers {cfg.decoder_layers}: the --init decoder already has "
+                                 f"{decoder_depth(vae)} ResNet blocks per level; a decoder can only grow")
+            vae = deepen_decoder(vae, cfg.decoder_layers)
         return vae.requires_grad_(True), {"source": str(cfg.init), **record.get("training", {})}
+    if cfg.decoder_layers is not None:
+        raise InputError("--decoder-layers deepens an existing decoder: pass --init DIR --decoder-only")
     if cfg.decoder_only:
         raise InputError("--decoder-only fine-tunes an existing latent space: pass --init DIR")
     return AutoencoderKL(**world_vae_config(**cfg.vae)), None
@@ -227,7 +241,9 @@ def load_any_autoencoder(folder: str | os.PathLike):
     if not hasattr(emb.autoencoder, "vae"):
         raise InputError(f"--init {folder}: that model's latent is a pixel unshuffle; there is no autoencoder to train")
     vae = emb.autoencoder.vae.float()
-    return vae, {"training": emb.record.get("training", {}).get("autoencoder") or {}}
+    training = emb.record.get("training", {})
+    decoder = training.get("decoder")  # a decoder fine-tuned since: its record is part of this one's history
+    return vae, {"training": {**(training.get("autoencoder") or {}), **({"decoder": decoder} if decoder else {})}}
 
 
 def export_autoencoder(folder: str | os.PathLike, vae, training: dict) -> tuple[Path, Path]:
@@ -249,9 +265,8 @@ def export_autoencoder(folder: str | os.PathLike, vae, training: dict) -> tuple[
 
 def load_autoencoder(folder: str | os.PathLike):
     """A diffusers `AutoencoderKL` from an `export_autoencoder` folder (or an embedded model's record)."""
-    from diffusers import AutoencoderKL
-
     from vcomp.errors import WeightsError
+    from vcomp.model.autoencoder import build_kl_vae
     from vcomp.weights.safe_load import load_state_dict
 
     folder = Path(folder).expanduser()
@@ -260,8 +275,7 @@ def load_autoencoder(folder: str | os.PathLike):
         raise InputError(f"--autoencoder {folder}: no {FILES[0]} + {FILES[1]} there (run `vcomp train-autoencoder`)")
     try:
         record = json.loads(config_path.read_text())
-        config = {k: v for k, v in record["config"].items() if not k.startswith("_")}
-        vae = AutoencoderKL(**config)
+        vae = build_kl_vae(record["config"])
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"{config_path}: bad autoencoder description ({exc})") from None
     from vcomp.model.loading import load_state_dict_strict
@@ -299,7 +313,11 @@ def resumed_config(cfg: AutoencoderTrainConfig, saved: dict, out: str | os.PathL
     if cfg.decoder_only and not saved.get("decoder_only"):
         raise InputError(f"{out} trains the whole autoencoder; --decoder-only cannot start mid-run "
                          "(start a new run with --init its export --decoder-only)")
-    return replace(cfg, **recipe, vae=saved_vae, init=saved_init, decoder_only=bool(saved.get("decoder_only")))
+    if cfg.decoder_layers is not None and cfg.decoder_layers != saved.get("decoder_layers"):
+        raise InputError(f"{out} was started with --decoder-layers {saved.get('decoder_layers') or 'unchanged'}, "
+                         f"not {cfg.decoder_layers}; resume it without it, or choose another --out")
+    return replace(cfg, **recipe, vae=saved_vae, init=saved_init, decoder_only=bool(saved.get("decoder_only")),
+                   decoder_layers=saved.get("decoder_layers"))
 
 
 def run_is_decoder_only(out: str | os.PathLike) -> bool | None:

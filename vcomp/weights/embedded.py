@@ -64,12 +64,11 @@ def autoencoder_from_spec(spec: dict, tensors: dict[str, torch.Tensor] | None = 
         return PixelUnshuffleAutoencoder(int(spec.get("factor", 4)))
     if kind != "AutoencoderKL":
         raise WeightsError(f"embedded model: unsupported autoencoder {spec!r}")
-    from diffusers import AutoencoderKL
-
+    from vcomp.model.autoencoder import build_kl_vae
     from vcomp.model.loading import load_state_dict_strict
 
     try:
-        vae = AutoencoderKL(**{k: v for k, v in spec["config"].items() if not k.startswith("_")})
+        vae = build_kl_vae(spec["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"embedded model: bad autoencoder config ({exc})") from None
     if tensors is not None:
@@ -277,12 +276,17 @@ def with_decoder(folder: str | os.PathLike, vae, out: str | os.PathLike | None =
     if not hasattr(emb.autoencoder, "vae"):
         raise WeightsError(f"{folder}: this embedded model's latent is a pixel unshuffle; it has no decoder to replace")
     old, new = emb.autoencoder.vae.state_dict(), vae.state_dict()
-    encoder = [k for k in old if not k.startswith(DECODER_PREFIXES)]
-    same = set(old) == set(new) and all(torch.equal(old[k].float().cpu(), new[k].float().cpu()) for k in encoder)
+    encoder = {k for k in old if not k.startswith(DECODER_PREFIXES)}
+    same = encoder == {k for k in new if not k.startswith(DECODER_PREFIXES)} and all(
+        torch.equal(old[k].float().cpu(), new[k].float().cpu()) for k in encoder)
     if not same or abs(float(vae.config.scaling_factor) - float(emb.autoencoder.vae.config.scaling_factor)) > 1e-6:
         raise WeightsError(f"{folder}: the new autoencoder's encoder is not this model's (its UNet was trained in "
                            "another latent space); fine-tune with --decoder-only --init on this model")
-    emb.autoencoder.vae.load_state_dict({k: v.float() for k, v in new.items()})
+    from vcomp.model.autoencoder import build_kl_vae
+
+    replacement = build_kl_vae(dict(vae.config))  # its decoder may be deeper (`deepen_decoder`)
+    replacement.load_state_dict({k: v.float() for k, v in new.items()})
+    emb.autoencoder.vae = replacement.eval().requires_grad_(False)
     training = dict(emb.record.get("training", {}))
     if history is not None:
         training["decoder"] = history
