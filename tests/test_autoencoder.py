@@ -416,10 +416,13 @@ def test_a_deeper_decoder_starts_as_the_old_one_trains_resumes_and_swaps_into_th
         None, "a red circle", steps=1, size=(32, 32), num_frames=2).frames
     assert frames.shape == (2, 32, 32, 3)
 
-    for args, words in ((["--resume", "--decoder-only", "--decoder-layers", "3", "--steps", "4"], "--decoder-layers"),
-                        (["--init", str(out / "export"), "--decoder-layers", "2", "--steps", "1"], "--decoder-only")):
+    fresh = ["--out", str(tmp_path / "fresh"), *common[2:]]
+    for args, words in ((["--resume", "--decoder-only", "--decoder-layers", "3", "--steps", "4", *common],
+                         "--decoder-layers"),
+                        (["--init", str(out / "export"), "--decoder-layers", "2", "--steps", "1", *fresh],
+                         "--decoder-only")):
         capsys.readouterr()
-        assert main(["train-autoencoder", *args, *common]) == 2
+        assert main(["train-autoencoder", *args]) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1
     capsys.readouterr()

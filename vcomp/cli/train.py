@@ -283,10 +283,6 @@ def train_autoencoder(
         raise InputError(f"--latent-noise must be 0 or more, got {latent_noise}")
     if grad_weight < 0:
         raise InputError(f"--grad-weight must be 0 or more, got {grad_weight}")
-    if decoder_layers is not None and not decoder_only:
-        raise InputError("--decoder-layers deepens the decoder of a --decoder-only run; add --decoder-only --init DIR")
-    if decoder_layers is not None and decoder_layers < 1:
-        raise InputError(f"--decoder-layers must be 1 or more, got {decoder_layers}")
     if latent_channels is not None and latent_channels < 1:
         raise InputError(f"--latent-channels must be 1 or more, got {latent_channels}")
     vae = {"latent_channels": latent_channels} if latent_channels else {}

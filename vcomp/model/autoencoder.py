@@ -136,7 +136,7 @@ def deepen_decoder(vae, layers_per_block: int):
     now), computing exactly the same function: every tensor is kept and each new block starts as
     the identity (its last convolution zero, so the residual adds nothing).
 
-    Why: the embedded model's decoder is its latent space's only renderer, and its 0.5 M
+    Why: the embedded model's decoder is its latent space's only renderer, and its 0.6 M
     parameters trade small objects' outlines (star points) against colour; a deeper decoder
     fine-tuned on the frozen encoder (`vcomp train-autoencoder --decoder-only --decoder-layers N`)
     starts from the shipped one's quality instead of from scratch, and the UNet stays valid."""

@@ -314,8 +314,9 @@ def resumed_config(cfg: AutoencoderTrainConfig, saved: dict, out: str | os.PathL
         raise InputError(f"{out} trains the whole autoencoder; --decoder-only cannot start mid-run "
                          "(start a new run with --init its export --decoder-only)")
     if cfg.decoder_layers is not None and cfg.decoder_layers != saved.get("decoder_layers"):
-        raise InputError(f"{out} was started with --decoder-layers {saved.get('decoder_layers') or 'unchanged'}, "
-                         f"not {cfg.decoder_layers}; resume it without it, or choose another --out")
+        started = f"with --decoder-layers {saved['decoder_layers']}" if saved.get("decoder_layers") else "without --decoder-layers"
+        raise InputError(f"{out} was started {started}, not with {cfg.decoder_layers}; resume it without "
+                         "--decoder-layers, or choose another --out")
     return replace(cfg, **recipe, vae=saved_vae, init=saved_init, decoder_only=bool(saved.get("decoder_only")),
                    decoder_layers=saved.get("decoder_layers"))
 
