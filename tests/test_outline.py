@@ -50,12 +50,26 @@ def test_templates_draw_the_world_shapes(shape):
 
 @pytest.mark.parametrize("shape", ["square", "triangle", "star"])
 def test_the_fitted_template_finds_place_size_and_turn(shape):
-    mask, obj = rendered(shape, angle=-15.0, size=11.0)
+    mask, obj = rendered(shape, angle=-15.0, size=13.0)  # a star of 15 px: above its MIN_RADIUS
     fitted = outline.fitted_template(mask, shape, torch.ones(len(mask), dtype=torch.bool))
     assert iou(fitted, mask) > 0.85
-    upright = outline.template(shape, 0.0, torch.tensor(11.0 * synthetic.SHAPE_SCALE[shape]),
+    upright = outline.template(shape, 0.0, torch.tensor(13.0 * synthetic.SHAPE_SCALE[shape]),
                                torch.tensor([obj.start] * len(mask), dtype=torch.float32), 64, 64)
     assert iou(fitted, mask) > iou(upright, mask)  # the turn was found, not left upright
+
+
+def test_a_small_star_is_fitted_a_template_at_least_min_radius_wide():
+    """A star smaller than MIN_RADIUS is pulled towards a star of MIN_RADIUS (centred on it, so
+    the small one lies inside); other shapes keep their own size."""
+    counted = torch.ones(4, dtype=torch.bool)
+    floor = outline.MIN_RADIUS["star"] * 64
+    star, _ = rendered("star", angle=0.0, size=8.0)  # circumradius 9.2 px
+    fitted = outline.fitted_template(star, "star", counted)
+    assert float(fitted[0].sum()) == pytest.approx(outline.unit_area("star") * floor**2, rel=0.08)
+    assert float((star * fitted).sum() / star.sum()) > 0.9  # the small star lies inside the big one
+    square, _ = rendered("square", angle=0.0, size=8.0)
+    assert iou(outline.fitted_template(square, "square", counted), square) > 0.85
+    assert set(outline.MIN_RADIUS) <= set(SHAPES)
 
 
 def test_each_shape_fits_its_own_template_best():

@@ -16,6 +16,13 @@ SHAPES = ("circle", "square", "triangle", "star")  #: the shapes with an outline
 ANGLES = tuple(range(-20, 21, 5))  #: object rotations tried (the world turns objects by -20..20 degrees)
 STAR_INNER = 0.45  #: a star's inner / outer radius (vcomp.train.synthetic.STAR_INNER)
 EDGE = 0.5  #: px: softness of a template's edge
+#: smallest circumradius of a fitted template, as a fraction of the frame's shorter side, by
+#: shape. Why: at the embedded model's factor-8 latent a star's points are thinner than a latent
+#: cell unless the star is large, and a star fitted to a small blob pulls it towards a star the
+#: decoder cannot draw; 14 px at 64 px is the top of the world's star sizes (8-13.8 px). Measured
+#: on the text task of seeds 0-2 (21 stars, 20 steps): 20 stars with the floor, 16 without, 19
+#: with 12 px (docs/embedded-model.md, "The star floor").
+MIN_RADIUS = {"star": 14 / 64}
 
 
 def unit_vertices(shape: str, angle: float) -> torch.Tensor | None:
@@ -81,14 +88,14 @@ def template(shape: str, angle: float, radius: torch.Tensor, centres: torch.Tens
 
 def fitted_template(mask: torch.Tensor, shape: str, counted: torch.Tensor) -> torch.Tensor:
     """The template of `shape` nearest the soft object mask [T, H, W] (detached): per frame at the
-    mask's centroid, one size for the clip (the median area of `counted` frames), one rotation
-    (of ANGLES, the one that agrees best with the mask)."""
+    mask's centroid, one size for the clip (the median area of `counted` frames, at least
+    MIN_RADIUS of the frame's shorter side), one rotation (of ANGLES, the one that agrees best with the mask)."""
     from vcomp.model.shape_critic import crop_boxes
 
     m = mask.detach().float()
     _, h, w = m.shape
     centres, _, area = crop_boxes(m)
-    radius = (area[counted].median() / unit_area(shape)).sqrt()
+    radius = (area[counted].median() / unit_area(shape)).sqrt().clamp(min=MIN_RADIUS.get(shape, 0.0) * min(h, w))
     if shape == "circle":
         return template(shape, 0.0, radius, centres, h, w)
     best = None
