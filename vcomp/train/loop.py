@@ -65,6 +65,7 @@ from vcomp.train.data import (
     worker_init,
 )
 from vcomp.train.dropout import DropoutConfig, drop_captions, drop_text_beside_style, sample_keep
+from vcomp.train.interrupts import deferred_interrupts
 from vcomp.weights.embedded import autoencoder_spec, autoencoder_tensors, refiner_tensors
 
 if TYPE_CHECKING:
@@ -1136,58 +1137,59 @@ class Trainer:
             t_fetch = time.perf_counter()
             for batch in self._loader(start, stop_at):
                 wait_total += time.perf_counter() - t_fetch
-                out = self.train_step(step, batch)
-                step += 1
-                window_n += 1
-                self.loss_ema = out["loss"] if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * out["loss"]
-                now = time.perf_counter()
-                elapsed = now - t_start
-                s_per_step = elapsed / (step - start)
-                self.on_event("step", {"step": step, "steps": total, "loss": out["loss"], "loss_ema": self.loss_ema,
-                                       "it_s": 1.0 / s_per_step, "stage": out["stage"], "frames": out["frames"],
-                                       "size": out["size"], "lr": out["lr"]})
-                if step % cfg.log_every == 0 or step == stop_at:
-                    loss = self._mean_everywhere(out["loss"])
-                    entry = {"step": step, "stage": out["stage"], "loss": round(loss, 6),
-                             "loss_ema": round(self.loss_ema, 6), "mse": round(out["mse"], 6),
-                             "temporal_mse": out["temporal_mse"] and round(out["temporal_mse"], 6),
-                             **({"pixel_l1": round(out["pixel_l1"], 6)} if cfg.pixel_weight else {}),
-                             **({"contrast_gap": out["contrast_gap"] and round(out["contrast_gap"], 4)}
-                                if cfg.caption_contrast or cfg.pixel_contrast else {}),
-                             **({"contrast_gaps": out["contrast_gaps"]}
-                                if (cfg.caption_contrast or cfg.pixel_contrast)
-                                and self.contrast_attributes != ("direction",) else {}),
-                             **({"pixel_contrast_gaps": out["pixel_contrast_gaps"]} if cfg.pixel_contrast else {}),
-                             **({"shape_ce": None if out["shape_ce"] is None else round(out["shape_ce"], 4),
-                                 "shape_acc": out["shape_acc"]} if cfg.shape_weight else {}),
-                             "grad_norm": out["grad_norm"] and round(out["grad_norm"], 4), "lr": out["lr"],
-                             "frames": out["frames"], "size": out["size"],
-                             **({"simple": schedule.simple_at(step - 1)} if schedule.simple_until else {}),
-                             "s_per_step": round((now - window_t) / max(1, window_n), 4),
-                             "data_wait_s": round(wait_total / max(1, step - start), 4),
-                             "elapsed_s": round(elapsed, 1), "time": _now()}
-                    window_t, window_n = now, 0
-                    self.recent.append(entry)
-                    if main:
-                        append_log(self.out, entry)
-                    self.on_event("log", entry)
-                if cfg.eval_every and step % cfg.eval_every == 0:
-                    batch_eval = self.eval_batch(step - 1)
-                    value = self._mean_everywhere(self.fixed_loss(self.ema_model, batch_eval, schedule.stage(step - 1)))
-                    entry = {"step": step, "eval_mse_ema": round(value, 6), "stage": schedule.stage(step - 1)}
-                    self.evals.append(entry)
-                    if main:
-                        append_log(self.out, entry)
-                    self.on_event("eval", entry)
-                session.update(end_step=step, wall_s=round(time.perf_counter() - t_start, 1))
-                timed_out = cfg.max_minutes is not None and elapsed >= 60.0 * cfg.max_minutes
-                if self._stop_everywhere(timed_out and step < stop_at):
-                    reason = "max-minutes"
-                    break
-                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < stop_at:
-                    if main:
-                        self.save(step, session)
-                    last_ckpt = step
+                with deferred_interrupts():  # the step, its log line and checkpoint stay together
+                    out = self.train_step(step, batch)
+                    step += 1
+                    window_n += 1
+                    self.loss_ema = out["loss"] if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * out["loss"]
+                    now = time.perf_counter()
+                    elapsed = now - t_start
+                    s_per_step = elapsed / (step - start)
+                    self.on_event("step", {"step": step, "steps": total, "loss": out["loss"], "loss_ema": self.loss_ema,
+                                           "it_s": 1.0 / s_per_step, "stage": out["stage"], "frames": out["frames"],
+                                           "size": out["size"], "lr": out["lr"]})
+                    if step % cfg.log_every == 0 or step == stop_at:
+                        loss = self._mean_everywhere(out["loss"])
+                        entry = {"step": step, "stage": out["stage"], "loss": round(loss, 6),
+                                 "loss_ema": round(self.loss_ema, 6), "mse": round(out["mse"], 6),
+                                 "temporal_mse": out["temporal_mse"] and round(out["temporal_mse"], 6),
+                                 **({"pixel_l1": round(out["pixel_l1"], 6)} if cfg.pixel_weight else {}),
+                                 **({"contrast_gap": out["contrast_gap"] and round(out["contrast_gap"], 4)}
+                                    if cfg.caption_contrast or cfg.pixel_contrast else {}),
+                                 **({"contrast_gaps": out["contrast_gaps"]}
+                                    if (cfg.caption_contrast or cfg.pixel_contrast)
+                                    and self.contrast_attributes != ("direction",) else {}),
+                                 **({"pixel_contrast_gaps": out["pixel_contrast_gaps"]} if cfg.pixel_contrast else {}),
+                                 **({"shape_ce": None if out["shape_ce"] is None else round(out["shape_ce"], 4),
+                                     "shape_acc": out["shape_acc"]} if cfg.shape_weight else {}),
+                                 "grad_norm": out["grad_norm"] and round(out["grad_norm"], 4), "lr": out["lr"],
+                                 "frames": out["frames"], "size": out["size"],
+                                 **({"simple": schedule.simple_at(step - 1)} if schedule.simple_until else {}),
+                                 "s_per_step": round((now - window_t) / max(1, window_n), 4),
+                                 "data_wait_s": round(wait_total / max(1, step - start), 4),
+                                 "elapsed_s": round(elapsed, 1), "time": _now()}
+                        window_t, window_n = now, 0
+                        self.recent.append(entry)
+                        if main:
+                            append_log(self.out, entry)
+                        self.on_event("log", entry)
+                    if cfg.eval_every and step % cfg.eval_every == 0:
+                        batch_eval = self.eval_batch(step - 1)
+                        value = self._mean_everywhere(self.fixed_loss(self.ema_model, batch_eval, schedule.stage(step - 1)))
+                        entry = {"step": step, "eval_mse_ema": round(value, 6), "stage": schedule.stage(step - 1)}
+                        self.evals.append(entry)
+                        if main:
+                            append_log(self.out, entry)
+                        self.on_event("eval", entry)
+                    session.update(end_step=step, wall_s=round(time.perf_counter() - t_start, 1))
+                    timed_out = cfg.max_minutes is not None and elapsed >= 60.0 * cfg.max_minutes
+                    if self._stop_everywhere(timed_out and step < stop_at):
+                        reason = "max-minutes"
+                        break
+                    if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < stop_at:
+                        if main:
+                            self.save(step, session)
+                        last_ckpt = step
                 t_fetch = time.perf_counter()
             if step < total and reason == "done":
                 reason = "session-steps"
