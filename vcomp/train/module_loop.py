@@ -3,8 +3,9 @@
 
 They all train a single frozen-context module on rendered world data with AdamW, a warm-up + cosine
 learning rate (`vcomp.train.autoencoder.lr_at`), gradient clipping, a JSON log line every
-`log_every` steps (held-out numbers every `eval_every`), a checkpoint every `ckpt_every` and a
-wall-clock stop; only the batch and the loss differ, which the trainer passes in as `loss_at`.
+`log_every` steps (held-out numbers every `eval_every`), a checkpoint every `ckpt_every` and on
+Ctrl-C / SIGTERM, and a wall-clock stop; only the batch and the loss differ, which the trainer
+passes in as `loss_at`.
 """
 
 from __future__ import annotations
@@ -23,35 +24,45 @@ def run_module_steps(cfg, start: int, params: list[torch.nn.Parameter], opt: tor
                      save: Callable[[int], None], evaluate: Callable[[], dict], eval_every: int,
                      on_event: Callable[[str, dict], None]) -> int:
     """Optimise from step `start` to `cfg.steps` (or until `cfg.max_minutes`), save, and return
-    the last step. `loss_at(step)` -> (loss, logged parts) for that step's batch."""
+    the last step. `loss_at(step)` -> (loss, logged parts) for that step's batch. Ctrl-C / SIGTERM
+    let the step in flight finish, save, and stop (KeyboardInterrupt goes on to the caller)."""
     from vcomp.train.autoencoder import lr_at
     from vcomp.train.checkpoint import append_log
+    from vcomp.train.interrupts import deferred_interrupts
 
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
     last = time.monotonic()
-    step = start
-    while step < cfg.steps:
-        lr = lr_at(cfg, step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss, parts = loss_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            now = time.monotonic()
-            entry = {"step": step, "loss": loss.item(), **parts, "lr": lr, "s_per_step": (now - last) / cfg.log_every}
-            if step % eval_every == 0 or step == cfg.steps:
-                entry.update({f"eval_{k}": v for k, v in evaluate().items()})
-            last = now
-            append_log(out, entry)
-            on_event("log", entry)
-        if step % cfg.ckpt_every == 0:
+    step = saved = start
+    try:
+        while step < cfg.steps:
+            with deferred_interrupts():  # a step, its log line and checkpoint stay together
+                lr = lr_at(cfg, step)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss, parts = loss_at(step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                step += 1
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    now = time.monotonic()
+                    entry = {"step": step, "loss": loss.item(), **parts, "lr": lr,
+                             "s_per_step": (now - last) / cfg.log_every}
+                    if step % eval_every == 0 or step == cfg.steps:
+                        entry.update({f"eval_{k}": v for k, v in evaluate().items()})
+                    last = now
+                    append_log(out, entry)
+                    on_event("log", entry)
+                if step % cfg.ckpt_every == 0:
+                    save(step)
+                    saved = step
+            if deadline is not None and time.monotonic() > deadline:
+                break
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: keep what was trained, then stop
+        if step > saved:
             save(step)
-        if deadline is not None and time.monotonic() > deadline:
-            break
+        raise
     save(step)
     return step
 
