@@ -355,6 +355,7 @@ def test_sigterm_during_generation_leaves_no_partial_file(tmp_path):
     assert marker.exists(), err
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    assert "interrupted; no partial output was written" in err
     assert list(out.iterdir()) == []
 
 

@@ -633,7 +633,7 @@ def test_sigterm_to_the_data_worker_and_trainer_stops_the_run_with_a_checkpoint(
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "vcomp", "train", "--out", str(out), "--steps", "10000", "--stage", "1",
            "--batch", "1", "--frames-curriculum", "4", "--size-curriculum", "32", "--workers", "1",
-           "--threads", "1", "--log-every", "1", "--model-json", MICRO_JSON, "-q"]
+           "--threads", "1", "--log-every", "1", "--model-json", MICRO_JSON]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
@@ -654,6 +654,7 @@ def test_sigterm_to_the_data_worker_and_trainer_stops_the_run_with_a_checkpoint(
             proc.communicate()
     assert "internal error" not in stderr, stderr[-2000:]
     assert load_checkpoint(out).step == max(read_log(out))
+    assert f"stopped at step {max(read_log(out))}; checkpoint in" in stderr and "--resume" in stderr
 
 
 def _write_folder(folder: Path) -> None:

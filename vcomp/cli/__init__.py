@@ -81,15 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="vcomp", standalone_mode=False)
         code = result if isinstance(result, int) else 0
-    except typer.Exit as exc:  # Typer turns Ctrl-C into Exit(130)
+    except typer.Exit as exc:
         code = exc.exit_code
-        if code == 130:
-            sys.stderr.write("vcomp: interrupted; no partial output was written\n")
     except usage_errors as exc:
         exc.show()
         code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        sys.stderr.write("vcomp: interrupted; no partial output was written\n")
         code = 130
     except VcompError as exc:
         if debug:
@@ -106,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} "
                          "(re-run with --debug for the traceback and please report it)\n")
         code = 1
+    if code == 130:  # Ctrl-C / SIGTERM (Typer returns it as the exit code 130, older ones raised)
+        sys.stderr.write("vcomp: interrupted; no partial output was written\n")
     return code
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -130,7 +132,7 @@ def train(
     cfg = TrainConfig(**given, resume=resume, command=_command_line(options))
     rank = int(os.environ.get("RANK", "0"))
     show = rank == 0 and console.interactive()
-    with _Progress(show) as progress:
+    with _checkpoint_named_on_interrupt(cfg.out, rank == 0), _Progress(show) as progress:
         summary = run_training(cfg, on_event=progress.event, explicit=set(given))
     if rank != 0:
         return
@@ -183,6 +185,21 @@ def _command_line(options: dict, command: str = "train") -> list[str]:
     if world > 1:
         words = ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", str(world)), "-m", *words]
     return words
+
+
+@contextmanager
+def _checkpoint_named_on_interrupt(out: str | Path, say: bool = True) -> Iterator[None]:
+    """Ctrl-C / SIGTERM: the trainers save a checkpoint on the way out; say which step and how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from vcomp.train.checkpoint import find_checkpoint, read_record
+
+        if say and find_checkpoint(out) is not None:
+            folder, record = read_record(out)
+            console.warn(f"stopped at step {record.get('step')}; checkpoint in {folder} "
+                         "(the same command with --resume goes on from there)")
+        raise
 
 
 class _Progress:
@@ -304,7 +321,8 @@ def train_autoencoder(
                 bar.update(task, completed=info["step"],
                            description=f"autoencoder loss {info['loss']:.4f}")
 
-        summary = run(cfg, on_event=event, explicit=_given_on_the_command_line(ctx, options))
+        with _checkpoint_named_on_interrupt(cfg.out):
+            summary = run(cfg, on_event=event, explicit=_given_on_the_command_line(ctx, options))
     if apply_to is not None:
         from vcomp.train.autoencoder import load_autoencoder
         from vcomp.weights.embedded import with_decoder
@@ -497,7 +515,8 @@ def _train_stage(run, cfg, which: str, apply_to: str | None, explicit: set[str])
             if show and kind == "log":
                 bar.update(task, completed=info["step"], description=f"{name} loss {info['loss']:.4f}")
 
-        summary = run(cfg, on_event=event, explicit=explicit)
+        with _checkpoint_named_on_interrupt(cfg.out):
+            summary = run(cfg, on_event=event, explicit=explicit)
     if apply_to is not None:
         from vcomp.weights.embedded import with_refiner
 
