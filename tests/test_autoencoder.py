@@ -168,6 +168,46 @@ def test_object_weight_moves_the_reconstruction_loss_to_the_objects():
     assert same == plain and abs(weighted - plain) > 1e-4
 
 
+def test_contrast_gain_weighs_an_object_on_a_near_colour_more():
+    """A red square on orange (a near pair of the palette) gains about twice the weight of the
+    same square on blue, which stays at 1; the gain is capped at CONTRAST_MAX_GAIN."""
+    from vcomp.train.autoencoder import CONTRAST_MAX_GAIN, contrast_gain
+    from vcomp.train.synthetic import PALETTE
+
+    def frame(ground: str, thing: str) -> torch.Tensor:
+        image = torch.tensor(PALETTE[ground], dtype=torch.float32).view(3, 1, 1).expand(3, 16, 16).clone()
+        image[:, 4:10, 4:10] = torch.tensor(PALETTE[thing], dtype=torch.float32).view(3, 1, 1)
+        return image / 127.5 - 1.0
+
+    focus = torch.zeros(1, 16, 16)
+    focus[:, 4:10, 4:10] = 1
+    x = torch.stack([frame("orange", "red"), frame("blue", "red"), frame("red", "red")])
+    gain = contrast_gain(x, focus.expand(3, 1, 16, 16), 1.5).flatten().tolist()
+    assert 1.6 < gain[0] < 2.0  # red / orange: 0.83 apart
+    assert gain[1] == 1.0  # red / blue: far apart
+    assert gain[2] == CONTRAST_MAX_GAIN  # no contrast at all: capped
+
+
+def test_contrast_ref_moves_more_of_the_loss_to_low_contrast_objects():
+    from diffusers import AutoencoderKL
+
+    from vcomp.train.autoencoder import autoencoder_loss, world_vae_config
+
+    x, focus = world_frames(np.random.default_rng(2), 4, 32, masks=True)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**world_vae_config(**MICRO_VAE))
+    torch.manual_seed(1)
+    weighted, _ = autoencoder_loss(vae, x, 0.0, 0.0, focus, 4.0)
+    torch.manual_seed(1)
+    off, _ = autoencoder_loss(vae, x, 0.0, 0.0, focus, 4.0, contrast_ref=0.0)
+    torch.manual_seed(1)
+    gained, _ = autoencoder_loss(vae, x, 0.0, 0.0, focus, 4.0, contrast_ref=100.0)  # every frame at the cap
+    torch.manual_seed(1)
+    capped, _ = autoencoder_loss(vae, x, 0.0, 0.0, focus, 16.0)
+    assert off == weighted and abs(gained - weighted) > 1e-4
+    assert torch.allclose(gained, capped)  # 4 x the cap of 4 is an object weight of 16
+
+
 def test_tiny_preset_without_autoencoder_says_how_to_fix(tmp_path):
     from test_train import FAST
 
@@ -326,13 +366,14 @@ def test_a_resumed_decoder_only_run_keeps_its_init_and_frozen_encoder(vae_run, t
     dec = tmp_path / "dec"
     common = ["--out", str(dec), "--batch", "2", "--crop", "32", "--size", "32", "--threads", "1", "-q"]
     assert main(["train-autoencoder", "--init", str(out / "export"), "--decoder-only", "--steps", "2",
-                 "--object-weight", "4", "--grad-weight", "2", "--latent-noise", "0.1", "--lr", "5e-4", *common]) == 0
+                 "--object-weight", "4", "--grad-weight", "2", "--latent-noise", "0.1", "--contrast-ref", "1.5",
+                 "--lr", "5e-4", *common]) == 0
     assert main(["train-autoencoder", "--resume", "--steps", "4", "--apply-to", str(tmp_path / "model"), *common]) == 0
     tuned, record = load_autoencoder(dec / "export")
     assert record["training"]["steps"] == 4
     recipe = record["training"]["config"]  # the phase's recipe is the run's unless given again
-    assert (recipe["object_weight"], recipe["grad_weight"], recipe["latent_noise"], recipe["lr"],
-            recipe["decoder_only"]) == (4, 2, 0.1, 5e-4, True)
+    assert (recipe["object_weight"], recipe["grad_weight"], recipe["latent_noise"], recipe["contrast_ref"],
+            recipe["lr"], recipe["decoder_only"]) == (4, 2, 0.1, 1.5, 5e-4, True)
     old, new = base.state_dict(), tuned.state_dict()
     changed = {k for k in old if not torch.equal(old[k], new[k])}
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)

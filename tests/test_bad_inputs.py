@@ -373,9 +373,16 @@ def test_bad_train_json_is_one_line_and_starts_nothing(flag, value, says, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("flag", ["--latent-noise", "--grad-weight"])
+@pytest.mark.parametrize("flag", ["--latent-noise", "--grad-weight", "--contrast-ref"])
 def test_negative_autoencoder_weight_is_one_line_and_starts_nothing(flag, tmp_path, capsys):
     code, out, err = run_cli(capsys, "train-autoencoder", flag, "-0.1", "--out", tmp_path / "vae", "--steps", 1)
     assert_one_line_error(code, out, err, 2)
     assert flag in err
+    assert not (tmp_path / "vae").exists()
+
+
+def test_contrast_ref_without_object_weight_is_one_line_and_starts_nothing(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "train-autoencoder", "--contrast-ref", "1.5", "--out", tmp_path / "vae", "--steps", 1)
+    assert_one_line_error(code, out, err, 2)
+    assert "--object-weight" in err
     assert not (tmp_path / "vae").exists()

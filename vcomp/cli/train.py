@@ -268,6 +268,7 @@ def train_autoencoder(
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate (after a linear warm-up)."),
     kl_weight: float = typer.Option(1e-5, "--kl-weight", help="Weight of the KL term (per pixel value)."),
     object_weight: float = typer.Option(0.0, "--object-weight", help="Extra pixel-loss weight on the world's objects (1 + this on their pixels); 0 = plain mean."),
+    contrast_ref: float = typer.Option(0.0, "--contrast-ref", help="With --object-weight: multiply each frame's object weight by this / the contrast between its objects' mean colour and the ground's (RGB distance in [-1, 1] units; between 1 and 4 times), so objects on a near colour (red on orange) weigh more; 1.5 doubles them. 0 = off."),
     grad_weight: float = typer.Option(0.5, "--grad-weight", help="Weight of the image-gradient L1 term: higher keeps thin parts (a star's points) that plain L1 + MSE blur away."),
     init: str = typer.Option(None, "--init", help="Start from this autoencoder export, or from the autoencoder of an embedded model folder."),
     decoder_only: bool = typer.Option(False, "--decoder-only", help="Train only the decoder (needs --init): the latent space, and a UNet trained in it, stay valid."),
@@ -300,6 +301,8 @@ def train_autoencoder(
         raise InputError(f"--latent-noise must be 0 or more, got {latent_noise}")
     if grad_weight < 0:
         raise InputError(f"--grad-weight must be 0 or more, got {grad_weight}")
+    if contrast_ref < 0 or (contrast_ref > 0 and not object_weight):
+        raise InputError("--contrast-ref scales --object-weight: give it a value of 0 or more, with --object-weight")
     if latent_channels is not None and latent_channels < 1:
         raise InputError(f"--latent-channels must be 1 or more, got {latent_channels}")
     vae = {"latent_channels": latent_channels} if latent_channels else {}
@@ -310,7 +313,7 @@ def train_autoencoder(
     cfg = AutoencoderTrainConfig(out=out, steps=steps, batch=batch, crop=crop, size=size, lr=lr, kl_weight=kl_weight,
                                  seed=seed, max_minutes=max_minutes, threads=threads, resume=resume, command=command,
                                  object_weight=object_weight, grad_weight=grad_weight, init=init,
-                                 decoder_only=decoder_only, latent_noise=latent_noise, vae=vae,
+                                 decoder_only=decoder_only, latent_noise=latent_noise, vae=vae, contrast_ref=contrast_ref,
                                  decoder_layers=decoder_layers)
     show = console.interactive()
     with console.progress_bar(transient=False) if show else _Nothing() as bar:

@@ -96,6 +96,8 @@ class AutoencoderTrainConfig:
     # decode latents + noise of std U(0, latent_noise) per sample (in the UNet's scaled latent units):
     # a decoder that maps a neighbourhood of each latent to its frame (see `autoencoder_loss`)
     latent_noise: float = 0.0
+    # > 0: objects on a ground of a near colour weigh more (`contrast_gain`; needs object_weight)
+    contrast_ref: float = 0.0
     # with decoder_only: ResNet blocks per decoder level, more than the --init decoder's (new blocks
     # start as the identity, `vcomp.model.autoencoder.deepen_decoder`); None = keep its depth
     decoder_layers: int | None = None
@@ -139,9 +141,28 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.
     return (values * weights).sum() / weights.sum()
 
 
+CONTRAST_MAX_GAIN = 4.0  #: the most `contrast_gain` multiplies an object's weight by
+
+
+def contrast_gain(x: torch.Tensor, focus: torch.Tensor, reference: float) -> torch.Tensor:
+    """[B, 1, 1, 1]: how much more each frame's objects weigh because they are hard to see:
+    `reference` / (RGB distance between the mean colour of the objects (`focus` [B, 1, H, W]) and
+    of the rest of frames x [B, 3, H, W]), between 1 and CONTRAST_MAX_GAIN.
+
+    Why: a wrong outline costs pixel error in proportion to the contrast between object and ground,
+    so on plain losses an autoencoder keeps a red circle's outline on blue and loses it on orange
+    (the shipped latent space gives back the shape of about half the world's near-colour pairs and
+    nearly nine in ten of the others, docs/embedded-model.md)."""
+    area = focus.sum((1, 2, 3), keepdim=True)
+    inside = (x * focus).sum((2, 3), keepdim=True) / area.clamp(min=1.0)
+    outside = (x * (1 - focus)).sum((2, 3), keepdim=True) / (focus[0].numel() - area).clamp(min=1.0)
+    contrast = (inside - outside).pow(2).sum(1, keepdim=True).sqrt()
+    return (reference / contrast.clamp(min=1e-3)).clamp(1.0, CONTRAST_MAX_GAIN)
+
+
 def autoencoder_loss(vae, x: torch.Tensor, kl_weight: float, grad_weight: float,
                      focus: torch.Tensor | None = None, object_weight: float = 0.0,
-                     latent_noise: float = 0.0) -> tuple[torch.Tensor, dict]:
+                     latent_noise: float = 0.0, contrast_ref: float = 0.0) -> tuple[torch.Tensor, dict]:
     """L1 + MSE + `grad_weight` x image-gradient L1 + `kl_weight` x KL. With `focus` (object masks
     [B, 1, H, W]) and `object_weight` K, pixel terms weigh 1 + K on the objects: they fill 4-11% of
     a frame, and a plain mean lets a small decoder trade their outlines (which the shape checks
@@ -150,7 +171,10 @@ def autoencoder_loss(vae, x: torch.Tensor, kl_weight: float, grad_weight: float,
     `latent_noise` s: each sample's latent gets Gaussian noise of std U(0, s) (scaled-latent units)
     before decoding. Why: sampled latents differ from frame to frame by ~0.06 where the clip is
     static, and a decoder trained on clean latents turns that into flicker (decoding the source's
-    latents with 0.1 noise per frame raised its H.264 motion error from 0.7 to 4.2 px/frame)."""
+    latents with 0.1 noise per frame raised its H.264 motion error from 0.7 to 4.2 px/frame).
+
+    `contrast_ref` R > 0: each frame's object weight K is multiplied by `contrast_gain(x, focus, R)`,
+    so objects on a ground of a near colour weigh up to CONTRAST_MAX_GAIN times more."""
     posterior = vae.encode(x).latent_dist
     z = posterior.sample()
     if latent_noise:
@@ -159,6 +183,8 @@ def autoencoder_loss(vae, x: torch.Tensor, kl_weight: float, grad_weight: float,
     recon = vae.decode(z).sample
     err = recon - x
     w = 1.0 + object_weight * focus if (focus is not None and object_weight) else None
+    if w is not None and contrast_ref > 0:
+        w = 1.0 + object_weight * focus * contrast_gain(x, focus, contrast_ref)
     l1, mse = _weighted_mean(err.abs(), w), _weighted_mean(err.pow(2), w)
     gx = (recon[..., :, 1:] - recon[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
     gy = (recon[..., 1:, :] - recon[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
@@ -287,7 +313,7 @@ def load_autoencoder(folder: str | os.PathLike):
 #: a phase's recipe: a resume keeps the run's values unless given again (which is how a run changes
 #: phase, e.g. `--resume --steps 9000 --batch 8 --crop 64` after crop-32 steps)
 RECIPE_FIELDS = ("steps", "batch", "crop", "size", "lr", "warmup", "min_lr_ratio", "kl_weight", "grad_weight",
-                 "seed", "ckpt_every", "log_every", "object_weight", "latent_noise")
+                 "seed", "ckpt_every", "log_every", "object_weight", "latent_noise", "contrast_ref")
 
 
 def resumed_config(cfg: AutoencoderTrainConfig, saved: dict, out: str | os.PathLike,
@@ -376,7 +402,8 @@ def train_autoencoder(cfg: AutoencoderTrainConfig, on_event=None, explicit: set[
         rng = np.random.default_rng([cfg.seed, 1, step_now])
         x, focus = world_frames(rng, cfg.batch, cfg.size, masks=True)
         x, focus = random_crops(x, cfg.crop, rng, focus)
-        return autoencoder_loss(vae, x, cfg.kl_weight, cfg.grad_weight, focus, cfg.object_weight, cfg.latent_noise)
+        return autoencoder_loss(vae, x, cfg.kl_weight, cfg.grad_weight, focus, cfg.object_weight, cfg.latent_noise,
+                                cfg.contrast_ref)
 
     step = run_module_steps(cfg, start, trained, opt, loss_at, out=out, save=save, evaluate=lambda: evaluate(vae, held),
                             eval_every=cfg.log_every * 5, on_event=on_event)
