@@ -10,10 +10,10 @@ differs from each frame's background colour, from the first frame to the last. A
 direction words shows left < right in dx and up < down in dy: objects moving left must start right
 of centre. Every embedded release so far prints the same shift for all four words.
 
-The micro experiment (docs/embedded-model.md): `--make-data DIR` writes 160 such clips (the only
+The micro experiment (docs/embedded-model-history.md): `--make-data DIR` writes 160 such clips (the only
 caption difference is the direction) with captions.jsonl, to train small models from scratch on
 (`vcomp train --data DIR --stage 1 ...`) and compare levers in minutes; `--variety colours` and
-`--variety world` add the world's other words back (docs/embedded-model.md: with them the same
+`--variety world` add the world's other words back (docs/embedded-model-history.md: with them the same
 levers taught no direction in 550-710 steps unless `--caption-contrast` was added).
 """
 

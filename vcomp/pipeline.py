@@ -260,7 +260,7 @@ class Pipeline:
         """`shape_guidance`, or when None the model's default where the prompt alone sets the
         layout (no condition but a style), else 0: a motion, depth, sketch, mask or image condition
         already constrains the object, and the critic's step fights it (measured on the suite:
-        sketch F1 0.58 -> 0.47, motion-vector direction 23 -> 22 of 24; docs/embedded-model.md).
+        sketch F1 0.58 -> 0.47, motion-vector direction 23 -> 22 of 24; docs/embedded-model-history.md).
         0 without a shape critic."""
         return self._prompt_led(shape_guidance, self.default_shape_guidance, conditions)
 

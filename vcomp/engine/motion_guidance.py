@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from vcomp.engine.clean_guidance import SPACING, EpsFn, Spacing, unit_rms, x0_guided
 
-T_RANGE = (300, 999)  #: timesteps at which it acts (measured against 100-999 and 0-999, docs/embedded-model.md)
+T_RANGE = (300, 999)  #: timesteps at which it acts (measured against 100-999 and 0-999, docs/embedded-model-history.md)
 
 
 def warp_residual(frames: torch.Tensor, field: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ EDGE = 0.5  #: px: softness of a template's edge
 #: cell unless the star is large, and a star fitted to a small blob pulls it towards a star the
 #: decoder cannot draw; 14 px at 64 px is the top of the world's star sizes (8-13.8 px). Measured
 #: on the text task of seeds 0-2 (21 stars, 20 steps): 20 stars with the floor, 16 without, 19
-#: with 12 px (docs/embedded-model.md, "The star floor").
+#: with 12 px (docs/embedded-model-history.md, "The star floor").
 MIN_RADIUS = {"star": 14 / 64}
 
 

@@ -4,7 +4,7 @@ prediction as in "universal guidance", so the UNet is not differentiated).
 
 Why: the embedded model draws an object's colour, place and motion as the prompt says, but its
 outline as a blob that settles on a shape at mid noise, mostly not the named one, and no training
-recipe on this machine's budget made the UNet bind shape words (docs/embedded-model.md). The
+recipe on this machine's budget made the UNet bind shape words (docs/embedded-model-history.md). The
 shape is decided between t ~ 300 and 800, so at those steps the clean latent x0 the UNet predicts
 is decoded, each named object is found by its named colour, the critic scores a crop around it,
 and x0 moves `scale` (in units of the gradient's RMS) up the gradient of log p(named shape); the

@@ -4,7 +4,7 @@ each object's outline as the prompt names it.
 Why: at 64 x 64 the embedded model's latent has 8 x 8 cells, so a 14-24 px object covers two or
 three of them and its shape lives in a few channel values. The UNet gets an object's colour,
 place and motion right but draws its outline as a blob that settles on a shape at mid noise,
-mostly not the named one (docs/embedded-model.md, "Where shapes are lost"); every attempt to make
+mostly not the named one (docs/embedded-model-history.md, "Where shapes are lost"); every attempt to make
 the UNet bind shape words on this machine's budget left it near chance. Cascaded video models
 (Imagen Video, Show-1) condition their later, higher-resolution stages on the text too; this is
 the smallest such stage: it sees the decoded clip and the prompt's tokens and corrects the clip.

@@ -2,7 +2,7 @@
 for shape guidance at sampling (`vcomp train-shape-critic`).
 
 Why: the embedded model decides an object's shape at mid noise (t ~ 500-650, see
-docs/embedded-model.md, "Where shapes are lost"), where the shape word moves the latent loss by a
+docs/embedded-model-history.md, "Where shapes are lost"), where the shape word moves the latent loss by a
 few per cent, so the plain loss (and the caption-contrast hinge, latent or decoded) barely teaches
 it. A classifier of the world's four shapes, run on the decoded clean-latent prediction cropped
 around the true object, turns "is this a star?" into a loss of its own at every noise level.
@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from vcomp.model.shape_critic import MIN_AREA, ShapeCritic, critic_logits, crop_boxes, object_crops
 from vcomp.train.synthetic import PALETTE, SHAPES
 
-DEFAULT_SHAPE_GUIDANCE = 1.0  #: the best measured of 1, 1.5, 2 and 4 on the text task (docs/embedded-model.md)
-DEFAULT_TRACK_GUIDANCE = 1.0  #: the best measured of 0.5, 1 and 2 on the text task (docs/embedded-model.md)
-DEFAULT_SHAPE_OUTLINE = 1.0  #: the outline term's weight in the shape step (measured against 0 and 2, docs/embedded-model.md)
+DEFAULT_SHAPE_GUIDANCE = 1.0  #: the best measured of 1, 1.5, 2 and 4 on the text task (docs/embedded-model-history.md)
+DEFAULT_TRACK_GUIDANCE = 1.0  #: the best measured of 0.5, 1 and 2 on the text task (docs/embedded-model-history.md)
+DEFAULT_SHAPE_OUTLINE = 1.0  #: the outline term's weight in the shape step (measured against 0 and 2, docs/embedded-model-history.md)
 #: motion guidance (vcomp.engine.motion_guidance; needs no critic, but this command writes the model's
-#: sampling defaults): the best measured of 0.25, 0.35, 0.5 and 1 on the motion task (docs/embedded-model.md)
+#: sampling defaults): the best measured of 0.25, 0.35, 0.5 and 1 on the motion task (docs/embedded-model-history.md)
 DEFAULT_MOTION_GUIDANCE = 0.35
 
 __all__ = ["ShapeCritic", "critic_accuracy", "critic_logits", "crop_boxes", "object_crops", "train_shape_critic"]
