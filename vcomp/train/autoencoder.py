@@ -182,9 +182,10 @@ def autoencoder_loss(vae, x: torch.Tensor, kl_weight: float, grad_weight: float,
         z = z + level * torch.randn_like(z) / float(vae.config.scaling_factor)
     recon = vae.decode(z).sample
     err = recon - x
-    w = 1.0 + object_weight * focus if (focus is not None and object_weight) else None
-    if w is not None and contrast_ref > 0:
-        w = 1.0 + object_weight * focus * contrast_gain(x, focus, contrast_ref)
+    w = None
+    if focus is not None and object_weight:
+        gain = contrast_gain(x, focus, contrast_ref) if contrast_ref > 0 else 1.0
+        w = 1.0 + object_weight * focus * gain
     l1, mse = _weighted_mean(err.abs(), w), _weighted_mean(err.pow(2), w)
     gx = (recon[..., :, 1:] - recon[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
     gy = (recon[..., 1:, :] - recon[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
