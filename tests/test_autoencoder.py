@@ -325,6 +325,39 @@ def test_a_trained_unet_moves_to_a_latent_of_another_width(vae_run, tmp_path):
         train(TrainConfig(out=str(tmp_path / "d"), **wider, steps=1, init=str(tmp_path / "a_export")))
 
 
+def test_a_trained_unet_moves_to_latent_patches(vae_run, tmp_path):
+    """--init a model --model-json '{"latent_patch": 2}': the UNet folds 2 x 2 latent cells into
+    channels, keeps every trained tensor but the latent's own convolutions (the first one's
+    condition channels kept), records the move, and the export generates at the old frame size."""
+    from test_train import FAST
+
+    from vcomp.model.loading import LATENT_INPUT_CONV, LATENT_OUTPUT_CONV
+    from vcomp.pipeline import Pipeline
+    from vcomp.train.loop import TrainConfig, train
+    from vcomp.weights.embedded import load_embedded
+
+    out, _ = vae_run
+    base = {**FAST, "model": latent_free_model(FAST), "stage2_at": 0}
+    train(TrainConfig(out=str(tmp_path / "a"), **base, steps=2, autoencoder=str(out / "export"),
+                      export=str(tmp_path / "a_export")))
+    patched = {**base, "model": {"latent_patch": 2}}
+    train(TrainConfig(out=str(tmp_path / "b"), **patched, steps=1, lr=1e-4, init=str(tmp_path / "a_export"),
+                      export=str(tmp_path / "b_export")))
+    before, after = load_embedded(tmp_path / "a_export"), load_embedded(tmp_path / "b_export")
+    assert (after.unet.cfg.latent_patch, after.unet.cfg.in_dim) == (2, before.unet.cfg.in_dim)
+    assert after.record["training"]["init"]["latent_patch_moved"] == [1, 2]
+    assert "2 x 2 patches" in after.unet.cfg.notes
+    old, new = before.unet.state_dict(), after.unet.state_dict()
+    channels = before.unet.cfg.in_dim
+    assert new[LATENT_INPUT_CONV].shape[1] == old[LATENT_INPUT_CONV].shape[1] + 3 * channels
+    assert torch.allclose(old[LATENT_INPUT_CONV][:, channels:], new[LATENT_INPUT_CONV][:, 4 * channels:], atol=5e-3)
+    for k in old:
+        if k not in (LATENT_INPUT_CONV, *LATENT_OUTPUT_CONV) and old[k].is_floating_point():
+            assert (old[k] - new[k]).abs().max() < 5e-3, k
+    frames = Pipeline.load(device="cpu", preset="tiny", assets=tmp_path / "b_export").generate(
+        None, "a red circle moving left on a blue background", steps=2, size=(32, 32), num_frames=4, seed=0).frames
+    assert frames.shape == (4, 32, 32, 3)
+
 def test_cli_latent_channels_shapes_a_fresh_latent_only(tmp_path, capsys):
     from vcomp.cli import main
 

@@ -417,3 +417,36 @@ def test_style_scale_multiplies_the_style_embedding(tiny):
         assert not torch.allclose(tiny(x, t, context, style), plain(x, t, context, style))
     old = {k: v for k, v in asdict(tiny.cfg).items() if k != "style_scale"}
     assert ModelConfig.from_dict(old).style_scale == 1.0
+
+
+def test_latent_patch_folds_each_two_by_two_block_of_cells_into_channels():
+    """latent_patch=2: the first convolution sees the latent's 2 x 2 blocks as channels (in
+    pixel_unshuffle's order) beside the conditions on the halved grid, and the last one's output
+    is unfolded the same way, so every latent cell gets its own prediction back in place."""
+    cfg = get_config("tiny", latent_patch=2)
+    model = create_model(cfg).eval()
+    torch.nn.init.normal_(model.out[-1].weight, std=0.02)  # not the zero init: outputs differ per cell
+    x, t, context, style, conds = make_inputs(cfg)
+    assert model.condition_grid((H, W)) == (H // 2, W // 2)
+    seen = {}
+    first = model.input_blocks[0][0]
+    first.register_forward_hook(lambda m, args, out: seen.update(x_in=args[0]))
+    model.out.register_forward_hook(lambda m, args, out: seen.update(out=out))
+    with torch.inference_mode():
+        out = model(x, t, context, style, {"depth": conds["depth"]})
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert first.in_channels == 4 * cfg.in_dim + cfg.concat_dim
+    frames = x.transpose(1, 2).reshape(B * T, cfg.in_dim, H, W)  # (b f) c h w, as the UNet runs
+    folded = torch.nn.functional.pixel_unshuffle(frames, 2)
+    assert torch.equal(seen["x_in"][:, : 4 * cfg.in_dim], folded)
+    unfolded = torch.nn.functional.pixel_shuffle(seen["out"], 2).reshape(B, T, cfg.out_dim, H, W).transpose(1, 2)
+    assert torch.equal(out, unfolded)
+    # a cell moved within its block changes the prediction there: sub-cell position is not lost
+    shifted = x.clone()
+    shifted[..., 0, 0], shifted[..., 0, 1] = x[..., 0, 1], x[..., 0, 0]
+    with torch.inference_mode():
+        assert not torch.allclose(model(shifted, t, context, style)[..., :2, :2], model(x, t, context, style)[..., :2, :2])
+    with pytest.raises(InputError, match="latent_patch"):
+        model(x[..., :7, :7], t, context, style)  # an odd grid does not fold
+    with pytest.raises(ValueError, match="latent_patch"):
+        get_config("tiny", latent_patch=0)

@@ -358,7 +358,7 @@ class Pipeline:
         frames = int(num_frames or conditions.num_frames or self.default_frames)
         width, height = size or self.default_size
         ae, unet = self.autoencoder, self.unet
-        cell = ae.factor * 2 ** (len(unet.cfg.dim_mult) - 1)
+        cell = ae.factor * unet.cfg.latent_patch * 2 ** (len(unet.cfg.dim_mult) - 1)
         if width % cell or height % cell or frames < 1:
             raise InputError(f"size {width}x{height} must be a multiple of {cell} pixels for the {self.preset} model")
         h, w = height // ae.factor, width // ae.factor
@@ -402,8 +402,9 @@ class Pipeline:
             conds = {k: v.to(dev) for k, v in inputs.conditions.items()}
             kept = {k: v for k, v in conds.items() if k not in dropped}
             guided_conds = {k: v for k, v in conds.items() if k in dropped}
-            feats_u = unet.encode_conditions(kept, 1, frames, (h, w)).float() if kept else None
-            feats_g = unet.encode_conditions(guided_conds, 1, frames, (h, w)).float() if guided_conds else None
+            grid = unet.condition_grid((h, w))
+            feats_u = unet.encode_conditions(kept, 1, frames, grid).float() if kept else None
+            feats_g = unet.encode_conditions(guided_conds, 1, frames, grid).float() if guided_conds else None
             feats_c = feats_g if feats_u is None else (feats_u if feats_g is None else feats_u + feats_g)
             timings["conditions"] = time.perf_counter() - t0
 

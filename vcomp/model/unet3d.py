@@ -107,7 +107,8 @@ class UNet3D(nn.Module):
         # encoder
         widths = [dim * m for m in cfg.dim_mult]
         self.input_blocks = nn.ModuleList(
-            [nn.ModuleList([nn.Conv2d(cfg.in_dim + cfg.concat_dim, dim, 3, padding=1)] + temporal(dim, cfg.num_heads))]
+            [nn.ModuleList([nn.Conv2d(cfg.in_dim * cfg.latent_patch**2 + cfg.concat_dim, dim, 3, padding=1)]
+                           + temporal(dim, cfg.num_heads))]
         )
         skips, cin, scale = [dim], dim, 1.0
         for level, cout in enumerate(widths):
@@ -139,7 +140,7 @@ class UNet3D(nn.Module):
         self.out = nn.Sequential(
             nn.GroupNorm(groups, dim),
             nn.SiLU(),
-            zero_module(nn.Conv2d(dim, cfg.out_dim, 3, padding=1)),
+            zero_module(nn.Conv2d(dim, cfg.out_dim * cfg.latent_patch**2, 3, padding=1)),
         )
         # per-frame embedding of the frame index, added to the timestep embedding (ModelConfig)
         self.frame_embed = nn.Sequential(
@@ -165,6 +166,16 @@ class UNet3D(nn.Module):
             raise InputError(f"null text must be [1, L, {self.cfg.context_dim}], got {list(tokens.shape)}")
         self.zero_y = tokens.to(self.zero_y.device, self.zero_y.dtype).clone()
 
+    def condition_grid(self, latent_grid: tuple[int, int]) -> tuple[int, int]:
+        """The (h, w) grid the condition features live on for a latent of `latent_grid` cells: the
+        UNet's own, which is the latent's divided by `latent_patch`."""
+        p = self.cfg.latent_patch
+        h, w = latent_grid
+        if h % p or w % p:
+            raise InputError(f"a {h} x {w} latent does not fold into {p} x {p} patches (latent_patch={p}); "
+                             f"use a frame size whose latent grid divides by {p}")
+        return h // p, w // p
+
     def encode_conditions(
         self,
         conditions: Mapping[str, torch.Tensor | None] | None,
@@ -173,7 +184,8 @@ class UNet3D(nn.Module):
         grid: tuple[int, int],
         drop: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The summed condition features [batch, concat_dim, frames, *grid].
+        """The summed condition features [batch, concat_dim, frames, *grid], `grid` being the UNet's
+        (`condition_grid` of the latent's).
 
         Absent conditions add nothing; with none present the result is all zeros. The
         features do not depend on x_t or t, so a sampler may compute them once and pass
@@ -227,10 +239,14 @@ class UNet3D(nn.Module):
         style: style-image embedding [B, 1, style_dim] or [B, style_dim]; None = no style
             token (the context is then L tokens instead of L + 1).
         conditions: name -> tensor, see the class docstring; None / missing = absent.
-        cond_features: precomputed `encode_conditions(...)` output; replaces `conditions`.
+        cond_features: precomputed `encode_conditions(...)` output (on `condition_grid` of x's
+            grid); replaces `conditions`.
         Returns eps [B, out_dim, T, h, w] in x's dtype.
         """
-        b, _, f, h, w = x.shape
+        p = self.cfg.latent_patch
+        h, w = self.condition_grid(tuple(x.shape[-2:]))
+        x = rearrange(x, "b c f (h p) (w q) -> b (c p q) f h w", p=p, q=p)
+        b, f = x.shape[0], x.shape[2]
         dtype, out_dtype = self.dtype, x.dtype
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
         drop = self._dropout_masks(b, x.device) if self.training else {}
@@ -267,7 +283,7 @@ class UNet3D(nn.Module):
         for block in self.output_blocks:
             x = self._run(block, torch.cat([x, skips.pop()], dim=1), emb, ctx, b)
         x = self.out(x)
-        return rearrange(x, "(b f) c h w -> b c f h w", b=b).to(out_dtype)
+        return rearrange(x, "(b f) (c p q) h w -> b c f (h p) (w q)", b=b, p=p, q=p).to(out_dtype)
 
     # ------------------------------------------------------------------ internals
 

@@ -245,7 +245,7 @@ class Denoiser(nn.Module):
         feats = None
         if conditions:
             b, _, f, h, w = x_t.shape
-            feats = self.unet.encode_conditions(conditions, b, f, (h, w), drop)
+            feats = self.unet.encode_conditions(conditions, b, f, self.unet.condition_grid((h, w)), drop)
         return self.unet(x_t, t, context=context, style=style, cond_features=feats)
 
 
@@ -563,8 +563,11 @@ class Trainer:
         self.autoencoder = self._autoencoder(base, ckpt, init)
         ae = self.autoencoder
         moved_from = None  # the --init model's latent channels, when it moves to a new latent space
-        if (base.in_dim, base.out_dim, base.latent_scale) != (ae.latent_channels, ae.latent_channels, ae.factor):
-            movable = init is not None and cfg.autoencoder
+        init_patch = ModelConfig.from_dict(init.model).latent_patch if init is not None else base.latent_patch
+        patch_moved = base.latent_patch != init_patch  # --model-json '{"latent_patch": 2}' on an --init model
+        if (base.in_dim, base.out_dim, base.latent_scale) != (ae.latent_channels, ae.latent_channels, ae.factor) \
+                or patch_moved:
+            movable = init is not None and (bool(cfg.autoencoder) or patch_moved)
             if ckpt is not None or (init is not None and not movable):
                 raise InputError(f"the autoencoder has {ae.latent_channels} channels at factor {ae.factor}, but the "
                                  f"model was trained on {base.in_dim} at {base.latent_scale}; start a fresh run")
@@ -573,6 +576,8 @@ class Trainer:
                 self.init_history = {**self.init_history, "latent_channels_moved": [base.in_dim, ae.latent_channels]}
                 if ae.factor != base.latent_scale:  # the blocks are convolutions: they run on any grid
                     self.init_history["latent_factor_moved"] = [base.latent_scale, ae.factor]
+                if patch_moved:
+                    self.init_history["latent_patch_moved"] = [init_patch, base.latent_patch]
             base = replace(base, in_dim=ae.latent_channels, out_dim=ae.latent_channels, latent_scale=ae.factor)
         base = replace(base, notes=describe_trained(base))
         self.base_cfg = base
@@ -633,7 +638,7 @@ class Trainer:
             frames = curriculum_text(parse_curriculum(cfg.frames_curriculum, cfg.steps, 16))
             sizes = curriculum_text(parse_curriculum(cfg.size_curriculum, cfg.steps, size_default))
             simple_until = int(cfg.simple_until)
-        cell = base.latent_scale * 2 ** (len(base.dim_mult) - 1)
+        cell = base.latent_scale * base.latent_patch * 2 ** (len(base.dim_mult) - 1)
         for s, _ in parse_curriculum(sizes, cfg.steps, size_default):
             if s % cell or s < cell:
                 raise InputError(f"frame size {s} must be a multiple of {cell} px for this model")
