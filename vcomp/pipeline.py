@@ -358,7 +358,7 @@ class Pipeline:
         frames = int(num_frames or conditions.num_frames or self.default_frames)
         width, height = size or self.default_size
         ae, unet = self.autoencoder, self.unet
-        cell = ae.factor * unet.cfg.latent_patch * 2 ** (len(unet.cfg.dim_mult) - 1)
+        cell = ae.factor * unet.cfg.latent_multiple
         if width % cell or height % cell or frames < 1:
             raise InputError(f"size {width}x{height} must be a multiple of {cell} pixels for the {self.preset} model")
         h, w = height // ae.factor, width // ae.factor

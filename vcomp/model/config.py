@@ -163,6 +163,12 @@ class ModelConfig:
         return 4 * self.dim
 
     @property
+    def latent_multiple(self) -> int:
+        """Latent cells a frame side must be a multiple of: one patch (`latent_patch`), halved
+        at every level below the top."""
+        return self.latent_patch * 2 ** (len(self.dim_mult) - 1)
+
+    @property
     def default_size(self) -> int:
         """Frame side in pixels that generation and training use unless told otherwise."""
         return self.sample_size or 16 * self.latent_scale

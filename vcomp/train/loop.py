@@ -638,7 +638,7 @@ class Trainer:
             frames = curriculum_text(parse_curriculum(cfg.frames_curriculum, cfg.steps, 16))
             sizes = curriculum_text(parse_curriculum(cfg.size_curriculum, cfg.steps, size_default))
             simple_until = int(cfg.simple_until)
-        cell = base.latent_scale * base.latent_patch * 2 ** (len(base.dim_mult) - 1)
+        cell = base.latent_scale * base.latent_multiple
         for s, _ in parse_curriculum(sizes, cfg.steps, size_default):
             if s % cell or s < cell:
                 raise InputError(f"frame size {s} must be a multiple of {cell} px for this model")
